@@ -1,0 +1,362 @@
+"""The Python half of the eryx guest, loaded as the module `_eryx`.
+
+The Rust guest (guest/src/exports.rs) calls the functions below for the WIT
+exports of `eryx:sandbox` and converts their plain return values (tuples of
+str, bytes, None) to WIT values. User code runs as the body of `__main__`.
+"""
+
+import ast
+import sys
+import types
+
+FILENAME = "<exec>"
+_RESULT = "__eryx_result__"
+_MAIN = sys.modules["__main__"]
+_CO_COROUTINE = 0x80
+
+
+class _Capture:
+    """A text stream that keeps at most `limit` bytes (UTF-8) of what is written."""
+
+    encoding = "utf-8"
+    errors = "backslashreplace"
+    newlines = None
+
+    def __init__(self, name, limit):
+        self.name = name
+        self._limit = limit
+        self._buf = bytearray()
+        self._dropped = 0
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        data = s.encode("utf-8", "backslashreplace")
+        room = self._limit - len(self._buf)
+        if len(data) <= room:
+            self._buf += data
+        else:
+            if room > 0:
+                self._buf += data[:room]
+            self._dropped += len(data) - max(room, 0)
+        return len(s)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def readable(self):
+        return False
+
+    def seekable(self):
+        return False
+
+    @property
+    def closed(self):
+        return False
+
+    def fileno(self):
+        import io
+
+        raise io.UnsupportedOperation("fileno")
+
+    def getvalue(self):
+        # A cut in the middle of a character leaves a partial sequence: drop it.
+        text = self._buf.decode("utf-8", "ignore")
+        if self._dropped:
+            text += f"\n[eryx: output truncated, {self._dropped} more bytes not shown]\n"
+        return text
+
+
+class _Selector:
+    """Stands in for a selector: WASI gives Python no sockets or pipes to wait on,
+    so the event loop only ever waits for its timers."""
+
+    def select(self, timeout):
+        if timeout is None:
+            raise RuntimeError("the event loop has nothing left to wait for (deadlock)")
+        if timeout > 0:
+            import time
+
+            time.sleep(timeout)
+        return []
+
+    def close(self):
+        pass
+
+
+def _new_event_loop():
+    import asyncio
+
+    class WasiEventLoop(asyncio.BaseEventLoop):
+        """An asyncio event loop for WASI: timers and callbacks, no I/O selector."""
+
+        def __init__(self):
+            super().__init__()
+            self._selector = _Selector()
+
+        def _process_events(self, event_list):
+            pass
+
+        def _write_to_self(self):
+            pass
+
+    return WasiEventLoop()
+
+
+def _run_coroutine(coro):
+    """Runs a coroutine to completion like `asyncio.run`, on our event loop."""
+    import asyncio
+
+    loop = _new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _type_name(exc):
+    cls = type(exc)
+    if cls.__module__ in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _format_exception(exc):
+    """The traceback from the first frame of user code on (driver frames hidden)."""
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != FILENAME:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _compile(code):
+    tree = ast.parse(code, FILENAME, "exec")
+    has_result = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
+    if has_result:
+        last = tree.body[-1]
+        assign = ast.Assign(targets=[ast.Name(id=_RESULT, ctx=ast.Store())], value=last.value)
+        tree.body[-1] = ast.copy_location(assign, last)
+        ast.fix_missing_locations(tree)
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    return compile(tree, FILENAME, "exec", flags=flags, dont_inherit=True), has_result
+
+
+def _result_values(value):
+    if value is None:
+        return None, None
+    try:
+        text = repr(value)
+    except Exception as exc:  # a broken __repr__ must not lose the run
+        text = f"<repr failed: {_type_name(exc)}: {exc}>"
+    try:
+        import json
+
+        as_json = json.dumps(value)
+    except Exception:
+        as_json = None
+    return text, as_json
+
+
+def execute(code, limit):
+    """Runs `code` in `__main__`.
+
+    Returns ("ok", stdout, stderr, result_repr, result_json) or
+    (kind, type_name, message, traceback, stdout, stderr) with kind one of
+    "syntax", "exception", "exit".
+    """
+    import linecache
+
+    out = _Capture("<stdout>", limit)
+    err = _Capture("<stderr>", limit)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)
+    try:
+        try:
+            codeobj, has_result = _compile(code)
+        except SyntaxError as exc:
+            import traceback
+
+            text = "".join(traceback.format_exception_only(type(exc), exc))
+            return ("syntax", _type_name(exc), str(exc), text, out.getvalue(), err.getvalue())
+        try:
+            value = eval(codeobj, _MAIN.__dict__)
+            if codeobj.co_flags & _CO_COROUTINE:
+                _run_coroutine(value)
+            value = _MAIN.__dict__.pop(_RESULT, None) if has_result else None
+            result_repr, result_json = _result_values(value)
+        except SystemExit as exc:
+            code_ = exc.code
+            message = "0" if code_ is None else str(code_)
+            return ("exit", "SystemExit", message, "", out.getvalue(), err.getvalue())
+        except BaseException as exc:
+            text = _format_exception(exc)
+            return ("exception", _type_name(exc), str(exc), text, out.getvalue(), err.getvalue())
+        return ("ok", out.getvalue(), err.getvalue(), result_repr, result_json)
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+# --- State snapshots --------------------------------------------------------
+#
+# Functions and classes defined in user code live in `__main__`, which a new
+# instance does not have, so they are pickled by value: code objects through
+# `marshal` (same CPython build on both sides), classes as a skeleton plus
+# their attributes (so methods that refer back to their class, e.g. through
+# `super()`, pickle without recursion). Modules are pickled by name.
+
+
+def _user_names():
+    return [k for k in _MAIN.__dict__ if not (k.startswith("__") and k.endswith("__"))]
+
+
+_EMPTY_CELL = ("eryx-empty-cell",)
+
+
+def _function_skeleton(code, name, qualname, ncells):
+    import marshal
+
+    cells = tuple(types.CellType() for _ in range(ncells)) or None
+    fn = types.FunctionType(marshal.loads(code), _MAIN.__dict__, name, None, cells)
+    fn.__qualname__ = qualname
+    return fn
+
+
+def _set_function_state(fn, state):
+    defaults, kwdefaults, cell_values, attrs, doc = state
+    fn.__defaults__ = defaults
+    fn.__kwdefaults__ = kwdefaults
+    fn.__doc__ = doc
+    fn.__dict__.update(attrs)
+    for cell, value in zip(fn.__closure__ or (), cell_values):
+        if value is not _EMPTY_CELL:
+            cell.cell_contents = value
+    return fn
+
+
+def _class_skeleton(meta, name, bases, qualname):
+    cls = meta(name, bases, {"__module__": "__main__"})
+    cls.__qualname__ = qualname
+    return cls
+
+
+def _set_class_state(cls, attrs):
+    for key, value in attrs.items():
+        setattr(cls, key, value)
+    return cls
+
+
+def _cell_value(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return _EMPTY_CELL
+
+
+class _Pickler:
+    @staticmethod
+    def make(file):
+        import pickle
+
+        class Pickler(pickle.Pickler):
+            def reducer_override(self, obj):
+                if isinstance(obj, types.ModuleType):
+                    import importlib
+
+                    return importlib.import_module, (obj.__name__,)
+                if isinstance(obj, types.FunctionType) and obj.__module__ == "__main__":
+                    import marshal
+
+                    closure = obj.__closure__ or ()
+                    args = (marshal.dumps(obj.__code__), obj.__name__, obj.__qualname__, len(closure))
+                    state = (
+                        obj.__defaults__,
+                        obj.__kwdefaults__,
+                        tuple(_cell_value(c) for c in closure),
+                        dict(obj.__dict__),
+                        obj.__doc__,
+                    )
+                    return _function_skeleton, args, state, None, None, _set_function_state
+                if isinstance(obj, type) and obj.__module__ == "__main__":
+                    attrs = {
+                        k: v
+                        for k, v in obj.__dict__.items()
+                        if k not in ("__dict__", "__weakref__", "__module__", "__qualname__")
+                        and not isinstance(v, (types.MemberDescriptorType, types.GetSetDescriptorType))
+                    }
+                    args = (type(obj), obj.__name__, obj.__bases__, obj.__qualname__)
+                    return _class_skeleton, args, attrs, None, None, _set_class_state
+                return NotImplemented
+
+        return Pickler(file, protocol=5)
+
+
+def _dumps(value):
+    import io
+
+    buf = io.BytesIO()
+    _Pickler.make(buf).dump(value)
+    return buf.getvalue()
+
+
+def snapshot_state():
+    """Returns (pickle of the user's globals, names left out as unpicklable)."""
+    state = {k: _MAIN.__dict__[k] for k in _user_names()}
+    skipped = []
+    try:
+        data = _dumps(state)
+    except Exception:
+        for key in list(state):
+            try:
+                _dumps(state[key])
+            except Exception:
+                skipped.append(key)
+                del state[key]
+        data = _dumps(state)
+    return data, skipped
+
+
+def restore_state(data):
+    """Unpickles a snapshot into `__main__` (same names are replaced)."""
+    import pickle
+
+    state = pickle.loads(data)
+    if not isinstance(state, dict):
+        raise TypeError("a state snapshot must hold a dict of globals")
+    _MAIN.__dict__.update(state)
+
+
+def clear_state():
+    """Removes every user global from `__main__`."""
+    for key in _user_names():
+        del _MAIN.__dict__[key]
+
+
+def preload(modules):
+    """Imports `modules` so a pre-initialization snapshot contains them."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)

@@ -1,0 +1,124 @@
+//! The world's exports: converts WIT values to calls of the Python driver
+//! (`driver.py`) and its answers back to WIT values.
+
+use crate::abi::Val;
+use crate::py::{Obj, PyResult, call_driver};
+
+/// Discriminants of the WIT enum `error-kind`, in declaration order.
+const ERROR_KINDS: [&str; 3] = ["syntax", "exception", "exit"];
+
+/// Runs the export `name`; returns its result value (`None` for no result).
+pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
+    let mut args = args.into_iter();
+    match name {
+        "execute" => {
+            let code = string(args.next());
+            let limit = match args.next() {
+                Some(Val::Record(fields)) => match fields.first() {
+                    Some(Val::Int(limit)) => *limit as u64,
+                    other => {
+                        panic!("execute-options: expected output-limit-bytes, found {other:?}")
+                    }
+                },
+                other => panic!("execute: expected execute-options, found {other:?}"),
+            };
+            Some(execute(&code, limit))
+        }
+        "snapshot-state" => Some(match snapshot_state() {
+            Ok((data, skipped)) => Val::ok(Some(Val::Record(vec![
+                Val::Bytes(data),
+                Val::List(skipped.into_iter().map(Val::String).collect()),
+            ]))),
+            Err(message) => Val::err(Some(Val::String(message))),
+        }),
+        "restore-state" => {
+            let data = match args.next() {
+                Some(Val::Bytes(data)) => data,
+                other => panic!("restore-state: expected bytes, found {other:?}"),
+            };
+            Some(unit_result(
+                Obj::bytes(&data).and_then(|d| call_driver("restore_state", &[d])),
+            ))
+        }
+        "clear-state" => {
+            // Removing names from a dict cannot fail short of a driver bug.
+            if let Err(message) = call_driver("clear_state", &[]) {
+                panic!("clear_state failed: {message}");
+            }
+            None
+        }
+        "finalize-preinit" => {
+            let modules = match args.next() {
+                Some(Val::List(items)) => items
+                    .into_iter()
+                    .map(|v| string(Some(v)))
+                    .collect::<Vec<_>>(),
+                other => panic!("finalize-preinit: expected a list, found {other:?}"),
+            };
+            let result = Obj::str_list(&modules).and_then(|m| call_driver("preload", &[m]));
+            if result.is_ok() {
+                crate::wasi::reset_for_snapshot();
+            }
+            Some(unit_result(result))
+        }
+        other => panic!("unknown export {other}"),
+    }
+}
+
+fn string(val: Option<Val>) -> String {
+    match val {
+        Some(Val::String(s)) => s,
+        other => panic!("expected a string, found {other:?}"),
+    }
+}
+
+fn unit_result(result: PyResult<Obj>) -> Val {
+    match result {
+        Ok(_) => Val::ok(None),
+        Err(message) => Val::err(Some(Val::String(message))),
+    }
+}
+
+fn execute(code: &str, limit: u64) -> Val {
+    match run_execute(code, limit) {
+        Ok(val) => val,
+        // The driver itself failed (not the user's code): report it as an
+        // exception so the host gets a typed error instead of a trap.
+        Err(message) => Val::err(Some(Val::Record(vec![
+            Val::Tag(1),
+            Val::String("eryx.GuestError".to_owned()),
+            Val::String(message.clone()),
+            Val::String(message),
+            Val::String(String::new()),
+            Val::String(String::new()),
+        ]))),
+    }
+}
+
+fn run_execute(code: &str, limit: u64) -> PyResult<Val> {
+    let out = call_driver("execute", &[Obj::str(code)?, Obj::int(limit)?])?;
+    let status = out.item(0)?.to_string()?;
+    if status == "ok" {
+        let opt = |v: Option<String>| v.map_or_else(Val::none, |s| Val::some(Val::String(s)));
+        return Ok(Val::ok(Some(Val::Record(vec![
+            Val::String(out.item(1)?.to_string()?),
+            Val::String(out.item(2)?.to_string()?),
+            opt(out.item(3)?.to_opt_string()?),
+            opt(out.item(4)?.to_opt_string()?),
+        ]))));
+    }
+    let kind = ERROR_KINDS
+        .iter()
+        .position(|k| *k == status)
+        .ok_or_else(|| format!("driver returned unknown status {status:?}"))?;
+    let mut fields = vec![Val::Tag(kind as u32)];
+    for i in 1..6 {
+        fields.push(Val::String(out.item(i)?.to_string()?));
+    }
+    Ok(Val::err(Some(Val::Record(fields))))
+}
+
+fn snapshot_state() -> PyResult<(Vec<u8>, Vec<String>)> {
+    let out = call_driver("snapshot_state", &[])?;
+    Ok((out.item(0)?.to_bytes()?, out.item(1)?.to_string_list()?))
+}

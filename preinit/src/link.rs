@@ -1,0 +1,117 @@
+//! Linking guest + CPython + libc + the preview1 adapter into one component.
+//!
+//! The `wit-dylib` crate generates, from `wit/sandbox.wit`, a small core module
+//! (the "bindings") that implements the world's canonical ABI and calls into
+//! the guest through the `wit_dylib.h` interpreter ABI. `wit-component`'s
+//! [`Linker`](wit_component::Linker) then resolves the shared libraries against
+//! each other and wraps them in a component. Order and flags from
+//! `../shared/notes/toolchain.md`, "Linking the component".
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wit_parser::Resolve;
+
+use crate::python::{LIBRARIES, PythonDist};
+use crate::{Error, Progress, Result, WIT, atomic_write, guest};
+
+/// Bumped whenever the way we link changes, so old cached components are not reused.
+const LINK_RECIPE: &str = "eryx-link-v1";
+
+/// Name of the bindings library inside the component.
+const BINDINGS_NAME: &str = "liberyx_bindings.so";
+
+/// Parses the WIT world; returns the resolve and the `sandbox` world.
+///
+/// # Errors
+/// [`Error::Link`] when the WIT does not parse (a bug in `wit/sandbox.wit`).
+pub fn world() -> Result<(Resolve, wit_parser::WorldId)> {
+    let mut resolve = Resolve::default();
+    let package = resolve
+        .push_source("sandbox.wit", WIT)
+        .map_err(|e| Error::Link(format!("wit/sandbox.wit: {e:#}")))?;
+    let world = resolve
+        .select_world(&[package], Some("sandbox"))
+        .map_err(|e| Error::Link(format!("wit/sandbox.wit: {e:#}")))?;
+    Ok((resolve, world))
+}
+
+/// Generates the `wit-dylib` bindings module, with the component-type metadata
+/// embedded (the generator does not embed it itself).
+///
+/// All functions are bound with the synchronous canonical ABI for now: the
+/// component model allows a sync lift/lower of an `async` function type, and the
+/// guest's async ABI entry points are not implemented yet.
+fn bindings() -> Result<Vec<u8>> {
+    let (resolve, world) = world()?;
+    let mut opts = wit_dylib::DylibOpts {
+        interpreter: Some(guest::LIBRARY_NAME.to_owned()),
+        async_: wit_dylib::AsyncFilterSet::all(false),
+    };
+    let mut module = wit_dylib::create(&resolve, world, Some(&mut opts));
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .map_err(|e| Error::Link(format!("embedding component metadata: {e:#}")))?;
+    Ok(module)
+}
+
+/// Returns the cached component for these inputs, linking it when absent.
+///
+/// Returns its path, its key (sha256 of every input) and whether it was linked
+/// now (`false` when cached).
+///
+/// # Errors
+/// [`Error::Link`] when `wit-component` rejects the libraries; I/O errors.
+pub fn ensure_component(
+    data_dir: &Path,
+    dist: &PythonDist,
+    guest_wasm: &Path,
+    progress: &dyn Progress,
+) -> Result<(PathBuf, String, bool)> {
+    let guest = fs::read(guest_wasm)?;
+    let mut hasher = Sha256::new();
+    hasher.update(LINK_RECIPE);
+    hasher.update(WIT);
+    hasher.update(&guest);
+    crate::python::hash_into(dist, &mut hasher)?;
+    let key = hex::encode(hasher.finalize());
+    let path = data_dir.join("components").join(format!("{key}.wasm"));
+    if path.exists() {
+        return Ok((path, key, false));
+    }
+
+    progress.step("linking the component");
+    let bindings = bindings()?;
+    let mut linker = wit_component::Linker::default()
+        .validate(true)
+        .use_built_in_libdl(true)
+        .library(guest::LIBRARY_NAME, &guest, false)
+        .map_err(link_error)?;
+    for name in LIBRARIES {
+        linker = linker
+            .library(name, &fs::read(dist.library(name))?, false)
+            .map_err(link_error)?;
+    }
+    let component = linker
+        .library(BINDINGS_NAME, &bindings, false)
+        .map_err(link_error)?
+        .adapter("wasi_snapshot_preview1", &fs::read(dist.adapter())?)
+        .map_err(link_error)?
+        .encode()
+        .map_err(link_error)?;
+    atomic_write(&path, &component)?;
+    progress.done(&format!(
+        "linked the component ({:.1} MB)",
+        component.len() as f64 / 1e6
+    ));
+    Ok((path, key, true))
+}
+
+fn link_error(e: impl std::fmt::Display) -> Error {
+    Error::Link(format!("{e:#}"))
+}

@@ -1,0 +1,39 @@
+//! # eryx: Python in isolated WebAssembly instances
+//!
+//! eryx runs CPython 3.14 inside a WebAssembly component on
+//! [wasmtime](https://wasmtime.dev). The types follow wasmtime's split of work
+//! by lifetime:
+//!
+//! - [`Runtime`] — once per process and component: the engine, the compiled
+//!   component and its pre-linked instance template.
+//! - [`Sandbox`] — per tenant/configuration, cheap: settings such as the
+//!   output limit.
+//! - [`Session`] — per instance: one fresh `Store` and instance, for one
+//!   [`Sandbox::execute`] or several calls that share Python globals.
+//!
+//! The component itself is built by the `eryx-preinit` crate (or `eryx run`,
+//! which does it on first use) from the WIT world in `wit/sandbox.wit`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), eryx::Error> {
+//! let runtime = eryx::Runtime::builder()
+//!     .with_component_file("eryx.wasm")
+//!     .with_stdlib_dir("python-stdlib")
+//!     .with_cache_dir("cache")
+//!     .build()?;
+//! let sandbox = eryx::Sandbox::builder(&runtime).build()?;
+//! let result = sandbox.execute("import sys; sys.version_info[:2]").await?;
+//! assert_eq!(result.result.as_deref(), Some("(3, 14)"));
+//! # Ok(()) }
+//! ```
+
+mod bindings;
+mod error;
+mod runtime;
+mod sandbox;
+mod session;
+
+pub use error::{Error, PythonError, Result};
+pub use runtime::{Runtime, RuntimeBuilder};
+pub use sandbox::{DEFAULT_OUTPUT_LIMIT_BYTES, ExecuteResult, Sandbox, SandboxBuilder};
+pub use session::{Session, StateSnapshot};

@@ -1,0 +1,264 @@
+//! Running Python: output, results, errors, async, the standard library.
+
+use eryx::Error;
+use eryx_tests::{run, run_err, sandbox};
+
+#[tokio::test]
+async fn hello_world() {
+    let result = run("print('hello, world')").await;
+    assert_eq!(result.stdout, "hello, world\n");
+    assert_eq!(result.stderr, "");
+    assert_eq!(result.result, None);
+}
+
+#[tokio::test]
+async fn version_is_cpython_3_14() {
+    let result =
+        run("import sys, platform\nprint(platform.python_implementation(), sys.version_info[:2])")
+            .await;
+    assert_eq!(result.stdout, "CPython (3, 14)\n");
+}
+
+#[tokio::test]
+async fn arithmetic_and_final_expression_value() {
+    let result = run("x = 2 ** 100\ny = sum(range(10))\nx // 3, y").await;
+    assert_eq!(
+        result.result.as_deref(),
+        Some("(422550200076076467165567735125, 45)")
+    );
+    assert_eq!(
+        result.result_json.as_deref(),
+        Some("[422550200076076467165567735125, 45]")
+    );
+    let result = run("7 / 2").await;
+    assert_eq!(result.result.as_deref(), Some("3.5"));
+    // A final expression that is None (like a call of print) gives no result.
+    assert_eq!(run("print('x')").await.result, None);
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_interleaved_keep_their_order() {
+    let code = "import sys\nfor i in range(5):\n    print('out', i)\n    print('err', i, file=sys.stderr)\nsys.stdout.write('end')";
+    let result = run(code).await;
+    assert_eq!(result.stdout, "out 0\nout 1\nout 2\nout 3\nout 4\nend");
+    assert_eq!(result.stderr, "err 0\nerr 1\nerr 2\nerr 3\nerr 4\n");
+}
+
+#[tokio::test]
+async fn syntax_error_is_a_compile_error_with_its_line() {
+    let error = run_err("x = 1\ny = (2 +\nprint(x)\nz = ]\n").await;
+    let Error::Compile(e) = error else {
+        panic!("expected a compile error, got {error:?}")
+    };
+    assert_eq!(e.type_name, "SyntaxError");
+    assert!(
+        e.traceback.contains("File \"<exec>\", line 4"),
+        "traceback: {}",
+        e.traceback
+    );
+}
+
+#[tokio::test]
+async fn runtime_exception_traceback_points_at_user_lines() {
+    let code = "def divide(a, b):\n    return a / b\n\nprint('before')\nvalue = divide(1, 0)\n";
+    let error = run_err(code).await;
+    let Error::Exception(e) = error else {
+        panic!("expected an exception, got {error:?}")
+    };
+    assert_eq!(e.type_name, "ZeroDivisionError");
+    assert_eq!(e.message, "division by zero");
+    assert_eq!(e.stdout, "before\n");
+    assert!(
+        e.traceback
+            .starts_with("Traceback (most recent call last):\n"),
+        "{}",
+        e.traceback
+    );
+    assert!(
+        e.traceback.contains("File \"<exec>\", line 5, in <module>"),
+        "{}",
+        e.traceback
+    );
+    assert!(
+        e.traceback.contains("File \"<exec>\", line 2, in divide"),
+        "{}",
+        e.traceback
+    );
+    assert!(
+        e.traceback.contains("return a / b"),
+        "source lines are shown: {}",
+        e.traceback
+    );
+    assert!(
+        !e.traceback.contains("eryx driver"),
+        "driver frames are hidden: {}",
+        e.traceback
+    );
+    assert!(
+        e.traceback
+            .ends_with("ZeroDivisionError: division by zero\n"),
+        "{}",
+        e.traceback
+    );
+}
+
+#[tokio::test]
+async fn exception_types_are_qualified_by_module() {
+    let error = run_err("import json\njson.loads('{')").await;
+    assert_eq!(
+        error.python().unwrap().type_name,
+        "json.decoder.JSONDecodeError"
+    );
+}
+
+#[tokio::test]
+async fn top_level_await() {
+    let code = "import asyncio\nawait asyncio.sleep(0)\nprint('after sleep')\nawait asyncio.sleep(0.01)\n'done'";
+    let result = run(code).await;
+    assert_eq!(result.stdout, "after sleep\n");
+    assert_eq!(result.result.as_deref(), Some("'done'"));
+}
+
+#[tokio::test]
+async fn top_level_await_runs_tasks_concurrently() {
+    let code = r#"
+import asyncio, time
+async def work(name, delay):
+    await asyncio.sleep(delay)
+    return name
+start = time.monotonic()
+names = await asyncio.gather(work("a", 0.05), work("b", 0.05), work("c", 0.05))
+elapsed = time.monotonic() - start
+print(names, elapsed < 0.14)
+"#;
+    assert_eq!(run(code).await.stdout, "['a', 'b', 'c'] True\n");
+}
+
+#[tokio::test]
+async fn asyncio_run_in_plain_code() {
+    let code = "import asyncio\nasync def main():\n    await asyncio.sleep(0)\n    return 42\nprint(asyncio.run(main()))";
+    assert_eq!(run(code).await.stdout, "42\n");
+}
+
+#[tokio::test]
+async fn system_exit_gives_its_status() {
+    let error = run_err("print('bye')\nimport sys\nsys.exit(3)").await;
+    let Error::Exit { code, stdout, .. } = error else {
+        panic!("expected exit, got {error:?}")
+    };
+    assert_eq!(code, 3);
+    assert_eq!(stdout, "bye\n");
+}
+
+#[tokio::test]
+async fn executes_do_not_share_globals() {
+    let sandbox = sandbox();
+    sandbox
+        .execute("secret = 41\nimport json\njson.secret = 1")
+        .await
+        .unwrap();
+    let error = sandbox.execute("secret").await.unwrap_err();
+    assert_eq!(error.python().unwrap().type_name, "NameError");
+    let result = sandbox
+        .execute("import json\nhasattr(json, 'secret')")
+        .await
+        .unwrap();
+    assert_eq!(result.result.as_deref(), Some("False"));
+}
+
+#[tokio::test]
+async fn ten_megabytes_of_output_are_capped_with_a_marker() {
+    let sandbox = eryx::Sandbox::builder(eryx_tests::runtime())
+        .with_output_limit_bytes(64 * 1024)
+        .build()
+        .unwrap();
+    let code = "import sys\nchunk = 'x' * 1023 + '\\n'\nfor _ in range(10 * 1024):\n    sys.stdout.write(chunk)\nprint('done', file=sys.stderr)";
+    let result = sandbox.execute(code).await.unwrap();
+    assert!(result.stdout.starts_with(&"x".repeat(1023)));
+    let marker = format!(
+        "[eryx: output truncated, {} more bytes not shown]",
+        10 * 1024 * 1024 - 64 * 1024
+    );
+    assert!(
+        result.stdout.ends_with(&format!("\n{marker}\n")),
+        "tail: {:?}",
+        &result.stdout[result.stdout.len() - 200..]
+    );
+    assert!(result.stdout.len() < 64 * 1024 + 200);
+    assert_eq!(result.stderr, "done\n");
+    // The sandbox is unaffected.
+    assert_eq!(
+        sandbox.execute("1 + 1").await.unwrap().result.as_deref(),
+        Some("2")
+    );
+}
+
+#[tokio::test]
+async fn default_output_limit_handles_ten_megabytes() {
+    let result = run("print('y' * (10 * 1024 * 1024))").await;
+    assert_eq!(
+        result.stdout.len(),
+        eryx::DEFAULT_OUTPUT_LIMIT_BYTES as usize
+            + "\n[eryx: output truncated, 9437185 more bytes not shown]\n".len()
+    );
+}
+
+#[tokio::test]
+async fn standard_library_modules_work() {
+    let code = r#"
+import json, re, datetime, decimal, fractions, collections, itertools, functools
+import dataclasses, typing, hashlib, base64, math, random, statistics, textwrap
+import pickle, asyncio, enum, string, struct, heapq, bisect
+
+out = {}
+out["json"] = json.loads(json.dumps({"a": [1, 2.5, None]}))
+out["re"] = re.findall(r"\d+", "a1b22c333")
+out["datetime"] = (datetime.date(2024, 2, 28) + datetime.timedelta(days=2)).isoformat()
+decimal.getcontext().prec = 30
+out["decimal"] = str(decimal.Decimal(1) / decimal.Decimal(7))
+out["fractions"] = str(fractions.Fraction(1, 3) + fractions.Fraction(1, 6))
+out["collections"] = collections.Counter("mississippi").most_common(2)
+out["itertools"] = list(itertools.accumulate(itertools.islice(itertools.count(1), 5)))
+out["functools"] = functools.reduce(lambda a, b: a * b, range(1, 11))
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: int
+out["dataclasses"] = dataclasses.asdict(Point(1, 2))
+out["typing"] = typing.get_type_hints(Point)["x"].__name__
+out["hashlib"] = hashlib.sha256(b"abc").hexdigest()
+out["base64"] = base64.b64encode(b"eryx").decode()
+out["math"] = round(math.sqrt(2) * math.pi, 6)
+out["random"] = random.Random(1234).random() == random.Random(1234).random() != random.Random(5).random()
+out["random_range"] = all(0 <= random.random() < 1 for _ in range(100))
+out["statistics"] = statistics.median([3, 1, 4, 1, 5, 9, 2])
+out["textwrap"] = textwrap.wrap("the quick brown fox jumps", 10)
+out["pickle"] = pickle.loads(pickle.dumps({"k": (1, 2)}))
+async def twice(x):
+    await asyncio.sleep(0)
+    return x * 2
+out["asyncio"] = asyncio.run(twice(21))
+class Color(enum.Enum):
+    RED = 1
+out["enum"] = Color(1).name
+out["string"] = string.Template("$who rocks").substitute(who="eryx")
+out["struct"] = struct.unpack("<I", struct.pack("<I", 0xDEADBEEF))[0]
+heap = [5, 1, 4]
+heapq.heapify(heap)
+out["heapq"] = heapq.nsmallest(2, heap)
+out["bisect"] = bisect.bisect_left([1, 3, 5, 7], 5)
+print(json.dumps(out, sort_keys=True))
+"#;
+    let result = run(code).await;
+    let expected = concat!(
+        r#"{"asyncio": 42, "base64": "ZXJ5eA==", "bisect": 2, "collections": [["i", 4], ["s", 4]], "#,
+        r#""dataclasses": {"x": 1, "y": 2}, "datetime": "2024-03-01", "decimal": "0.142857142857142857142857142857", "#,
+        r#""enum": "RED", "fractions": "1/2", "functools": 3628800, "hashlib": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "#,
+        r#""heapq": [1, 4], "itertools": [1, 3, 6, 10, 15], "json": {"a": [1, 2.5, null]}, "math": 4.442883, "#,
+        r#""pickle": {"k": [1, 2]}, "random": true, "random_range": true, "re": ["1", "22", "333"], "statistics": 3, "#,
+        r#""string": "eryx rocks", "struct": 3735928559, "textwrap": ["the quick", "brown fox", "jumps"], "typing": "int"}"#,
+        "\n"
+    );
+    assert_eq!(result.stdout, expected);
+}

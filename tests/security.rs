@@ -1,0 +1,118 @@
+//! Isolation: each test is named after the threat it stops.
+
+use std::io::ErrorKind;
+use std::net::TcpListener;
+
+use eryx_tests::{run, run_err, sandbox};
+
+#[tokio::test]
+async fn host_file_read_etc_passwd() {
+    // Caught inside Python: the sandbox reports the exception type.
+    let code = "try:\n    open('/etc/passwd').read()\nexcept OSError as e:\n    print(type(e).__name__)\nelse:\n    print('READ')";
+    let result = run(code).await;
+    assert!(
+        ["FileNotFoundError\n", "PermissionError\n"].contains(&result.stdout.as_str()),
+        "stdout: {}",
+        result.stdout
+    );
+    // Uncaught: a typed Python exception, and the host goes on serving.
+    let error = run_err("open('/etc/passwd')").await;
+    let e = error.python().expect("a Python exception");
+    assert!(
+        ["FileNotFoundError", "PermissionError"].contains(&e.type_name.as_str()),
+        "{e}"
+    );
+    assert_eq!(
+        run("'still serving'").await.result.as_deref(),
+        Some("'still serving'")
+    );
+}
+
+#[tokio::test]
+async fn host_filesystem_listing() {
+    let result = run("import os\nprint(sorted(os.listdir('/')))").await;
+    assert_eq!(
+        result.stdout, "['python']\n",
+        "only the standard library is visible"
+    );
+}
+
+#[tokio::test]
+async fn stdlib_tampering() {
+    let code = "try:\n    open('/python/os.py', 'a').write('evil')\nexcept OSError as e:\n    print(type(e).__name__)";
+    let result = run(code).await;
+    // WASI reports a read-only preopen as EROFS or EPERM/EACCES.
+    assert!(
+        ["OSError\n", "PermissionError\n"].contains(&result.stdout.as_str()),
+        "the write must fail: {}",
+        result.stdout
+    );
+}
+
+#[tokio::test]
+async fn socket_bypass() {
+    // A real listener on the host: the sandbox must not reach it.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let code = format!(
+        "import socket\ntry:\n    s = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    print('CONNECTED')\nexcept Exception as e:\n    print('blocked', type(e).__name__)"
+    );
+    let result = run(&code).await;
+    assert!(
+        result.stdout.starts_with("blocked "),
+        "stdout: {}",
+        result.stdout
+    );
+    match listener.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the sandbox reached the host listener: {other:?}"),
+    }
+    // Uncaught, it is an ordinary Python exception and the host is unaffected.
+    let error = run_err(&format!(
+        "import socket\nsocket.create_connection(('127.0.0.1', {port}))"
+    ))
+    .await;
+    assert!(error.python().is_some(), "{error:?}");
+    assert_eq!(run("1").await.result.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn secrets_exfiltration_through_environment() {
+    // SAFETY: this test process is single-purpose; nothing else reads the
+    // environment concurrently while the variable is set.
+    unsafe { std::env::set_var("ERYX_TEST_SECRET", "hunter2") };
+    let result = run("import os\nprint(sorted(os.environ))").await;
+    assert!(
+        !result.stdout.contains("ERYX_TEST_SECRET"),
+        "{}",
+        result.stdout
+    );
+    assert!(
+        !result.stdout.contains("HOME"),
+        "no host environment: {}",
+        result.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sandboxes_are_isolated() {
+    let sandbox = sandbox();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move {
+                let code = format!(
+                    "import json, random\nassert not hasattr(json, 'mark')\njson.mark = {i}\nmark = {i}\njson.mark, mark"
+                );
+                sandbox.execute(&code).await
+            })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        assert_eq!(
+            handle.await.unwrap().unwrap().result,
+            Some(format!("({i}, {i})"))
+        );
+    }
+}

@@ -27,8 +27,13 @@ fn kind(ty: u32) -> u32 {
 }
 
 const WIT_TYPE_U8: u32 = 0;
-/// The "no type" marker, e.g. a `result<_, E>`'s missing ok payload.
+/// Kind of the "no type" marker (`u32::MAX`): a function without result, a
+/// `result<_, E>`'s missing ok payload, a variant case without payload.
 const WIT_TYPE_EMPTY: u32 = 0xff;
+
+fn is_empty(ty: u32) -> bool {
+    kind(ty) == WIT_TYPE_EMPTY
+}
 const WIT_CURRENT_VERSION: u32 = 2;
 
 #[repr(C)]
@@ -320,7 +325,7 @@ pub unsafe extern "C" fn wit_dylib_export_call(cx_ptr: *mut c_void, which: usize
     let at = cx.stack.len() - func.params.len;
     let args = cx.stack.split_off(at);
     let result = exports::call(c_str(func.name), args);
-    if func.result != WIT_TYPE_EMPTY {
+    if !is_empty(func.result) {
         cx.stack.push(result.expect("export returned no value"));
     }
 }
@@ -465,7 +470,7 @@ pub unsafe extern "C" fn wit_dylib_push_tuple(cx_ptr: *mut c_void, ty: usize) {
 }
 
 fn push_case(cx: &mut Cx, discr: u32, payload_ty: u32) {
-    let payload = (payload_ty != WIT_TYPE_EMPTY).then(|| Box::new(cx.pop()));
+    let payload = (!is_empty(payload_ty)).then(|| Box::new(cx.pop()));
     cx.stack.push(Val::Case(discr, payload));
 }
 

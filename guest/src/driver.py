@@ -94,8 +94,13 @@ class _Selector:
         pass
 
 
-def _new_event_loop():
-    import asyncio
+def _install_event_loop(asyncio):
+    """Makes our event loop asyncio's default. The default Unix loop needs
+    `socket.socketpair()`, which WASI does not offer, so `asyncio.run` and
+    `asyncio.new_event_loop` would fail without this. Uses the private
+    policy hooks of CPython 3.14 (the public ones are deprecated), which is
+    safe because the interpreter is pinned."""
+    events = asyncio.events
 
     class WasiEventLoop(asyncio.BaseEventLoop):
         """An asyncio event loop for WASI: timers and callbacks, no I/O selector."""
@@ -110,28 +115,45 @@ def _new_event_loop():
         def _write_to_self(self):
             pass
 
-    return WasiEventLoop()
+    class WasiEventLoopPolicy(events._BaseDefaultEventLoopPolicy):
+        _loop_factory = WasiEventLoop
+
+    events._set_event_loop_policy(WasiEventLoopPolicy())
 
 
-def _run_coroutine(coro):
-    """Runs a coroutine to completion like `asyncio.run`, on our event loop."""
-    import asyncio
+class _AsyncioHook:
+    """An import hook that installs our event loop when asyncio is first
+    imported, so programs that never use asyncio do not pay for importing it."""
 
-    loop = _new_event_loop()
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(coro)
-    finally:
-        try:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "asyncio":
+            return None
+        sys.meta_path.remove(_AsyncioHook)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _PatchingLoader(spec.loader)
+        return spec
+
+
+class _PatchingLoader:
+    def __init__(self, inner):
+        self._inner = inner
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module):
+        self._inner.exec_module(module)
+        _install_event_loop(module)
+
+
+if "asyncio" in sys.modules:
+    _install_event_loop(sys.modules["asyncio"])
+else:
+    sys.meta_path.insert(0, _AsyncioHook)
 
 
 def _type_name(exc):
@@ -204,7 +226,9 @@ def execute(code, limit):
         try:
             value = eval(codeobj, _MAIN.__dict__)
             if codeobj.co_flags & _CO_COROUTINE:
-                _run_coroutine(value)
+                import asyncio
+
+                asyncio.run(value)
             value = _MAIN.__dict__.pop(_RESULT, None) if has_result else None
             result_repr, result_json = _result_values(value)
         except SystemExit as exc:

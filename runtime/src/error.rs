@@ -78,9 +78,9 @@ impl Error {
     /// Classifies an error from wasmtime: a trap or a host failure.
     pub(crate) fn from_wasmtime(error: wasmtime::Error) -> Error {
         if error.downcast_ref::<wasmtime::Trap>().is_some() {
-            Error::Trap(format!("{error:?}"))
+            Error::Trap(format!("{error:#}"))
         } else {
-            Error::Host(format!("{error:?}"))
+            Error::Host(format!("{error:#}"))
         }
     }
 

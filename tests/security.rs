@@ -115,3 +115,30 @@ async fn concurrent_sandboxes_are_isolated() {
         );
     }
 }
+
+#[tokio::test]
+async fn stack_exhaustion_denial_of_service() {
+    let sandbox = sandbox();
+    // Runaway recursion under the default limit is an ordinary RecursionError.
+    let error = sandbox
+        .execute("def f(n):\n    return f(n + 1)\nf(0)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.python().map(|e| e.type_name.as_str()),
+        Some("RecursionError")
+    );
+    // With the limit raised, freeing a 20,000-frame traceback recurses in C
+    // past the wasm stack: the instance traps, the error is typed, and the
+    // sandbox keeps serving.
+    let code = "import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    if n > 20000:\n        raise ValueError\n    return f(n + 1)\nf(0)";
+    let error = sandbox.execute(code).await.unwrap_err();
+    assert!(
+        matches!(&error, eryx::Error::Trap(message) if message.contains("call stack exhausted")),
+        "{error:?}"
+    );
+    assert_eq!(
+        sandbox.execute("'alive'").await.unwrap().result.as_deref(),
+        Some("'alive'")
+    );
+}

@@ -77,8 +77,11 @@ pub enum Error {
 impl Error {
     /// Classifies an error from wasmtime: a trap or a host failure.
     pub(crate) fn from_wasmtime(error: wasmtime::Error) -> Error {
-        if error.downcast_ref::<wasmtime::Trap>().is_some() {
-            Error::Trap(format!("{error:#}"))
+        if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+            // The wasm backtrace can run to thousands of frames (a stack
+            // overflow); keep it in the log, not in the error.
+            tracing::debug!("trap: {error:#}");
+            Error::Trap(trap.to_string())
         } else {
             Error::Host(format!("{error:#}"))
         }

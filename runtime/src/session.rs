@@ -95,12 +95,17 @@ impl Session {
             wasi: wasi.build(),
             table: ResourceTable::new(),
         };
+        let start = Instant::now();
         let mut store = Store::new(runtime.engine(), state);
         let instance = runtime
             .pre()
             .instantiate_async(&mut store)
             .await
             .map_err(Error::from_wasmtime)?;
+        tracing::debug!(
+            elapsed_us = start.elapsed().as_micros() as u64,
+            "instantiated"
+        );
         Ok(Session {
             store,
             instance,
@@ -131,6 +136,7 @@ impl Session {
             .and_then(|r| r)
             .map_err(Error::from_wasmtime)?;
         let duration = start.elapsed();
+        tracing::debug!(elapsed_us = duration.as_micros() as u64, "executed");
         // Output written straight to the WASI descriptors goes after what
         // Python buffered; both are bounded.
         let fd_out = self.stdout.take_new();

@@ -5,24 +5,48 @@
 
 use std::sync::OnceLock;
 
-/// The runtime every test in this process shares.
+/// The runtime every test in this process shares: the base artifact from the
+/// default data directory's store (built on first use), on a small pool.
 ///
 /// # Panics
-/// When the component cannot be built or loaded: the build pipeline's error
-/// says which step failed.
+/// When the artifact cannot be built or loaded: the pipeline's error says
+/// which step failed.
 pub fn runtime() -> &'static eryx::Runtime {
     static RUNTIME: OnceLock<eryx::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        let data_dir = eryx_preinit::default_data_dir();
-        let artifacts = eryx_preinit::ensure_component(&data_dir, &eryx_preinit::LogProgress)
-            .unwrap_or_else(|e| panic!("building the component: {e}"));
-        eryx::Runtime::builder()
-            .with_component_file(&artifacts.component)
-            .with_stdlib_dir(&artifacts.stdlib_dir)
-            .with_cache_dir(data_dir.join("compiled"))
-            .build()
-            .unwrap_or_else(|e| panic!("loading the component: {e}"))
+        // Built on a thread of its own: tests call this from inside their
+        // async runtime, which cannot block on another.
+        std::thread::spawn(|| {
+            let data_dir = eryx_preinit::default_data_dir();
+            let store = eryx_preinit::ArtifactStore::open(
+                &eryx_preinit::default_store_location(&data_dir),
+                &eryx_preinit::cache_dir(&data_dir),
+            )
+            .expect("opening the default artifact store");
+            let engine = engine();
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let (runtime, _report) = tokio
+                .block_on(eryx_preinit::ensure_runtime(
+                    &data_dir,
+                    &store,
+                    &engine,
+                    &eryx_preinit::LogProgress,
+                ))
+                .unwrap_or_else(|e| panic!("building the base artifact: {e}"));
+            runtime
+        })
+        .join()
+        .expect("building the runtime panicked")
     })
+}
+
+/// An engine with a pool sized for tests.
+pub fn engine() -> eryx::Engine {
+    eryx::Engine::new(eryx::EngineOptions::default().with_pool_size(128))
+        .expect("creating the engine")
 }
 
 /// A sandbox with default settings on the shared runtime.

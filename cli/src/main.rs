@@ -17,6 +17,10 @@ struct Cli {
     /// Where downloaded, built and compiled artifacts are kept.
     #[arg(long, env = "ERYX_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// Artifact store: a directory, or s3://bucket/prefix (configured by the
+    /// AWS_* variables). Default: DATA_DIR/store.
+    #[arg(long, env = "ERYX_STORE", global = true)]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,8 +39,13 @@ enum Command {
         #[arg(long, env = "ERYX_OUTPUT_LIMIT_BYTES", default_value_t = eryx::DEFAULT_OUTPUT_LIMIT_BYTES)]
         output_limit_bytes: u32,
     },
-    /// Fetch CPython, build the guest, link and compile the component.
-    Build,
+    /// Build the base artifact: fetch CPython, build the guest, link,
+    /// pre-initialize, precompile, and publish it to the store.
+    Build {
+        /// Print the artifact's manifest and what was done as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,22 +64,47 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = cli.data_dir.unwrap_or_else(eryx_preinit::default_data_dir);
+    let location = cli
+        .store
+        .unwrap_or_else(|| eryx_preinit::default_store_location(&data_dir));
+    let store = eryx_preinit::ArtifactStore::open(&location, &eryx_preinit::cache_dir(&data_dir))?;
     let progress = Spinner::default();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let engine = eryx::Engine::new(eryx::EngineOptions::default())?;
+    let load = || {
+        tokio.block_on(eryx_preinit::ensure_runtime(
+            &data_dir, &store, &engine, &progress,
+        ))
+    };
     match cli.command {
-        Command::Build => {
-            let artifacts = eryx_preinit::ensure_component(&data_dir, &progress)?;
-            let runtime = load_runtime(&data_dir, &artifacts, &progress)?;
-            println!("component: {}", artifacts.component.display());
-            println!("key: {}", artifacts.key);
-            for (step, time) in &artifacts.timings {
-                println!("{step}: {:.2} s", time.as_secs_f64());
-            }
-            let verb = if runtime.was_compiled() {
-                "compile"
+        Command::Build { json } => {
+            let (_runtime, report) = load()?;
+            if json {
+                let out = serde_json::json!({
+                    "manifest": report.manifest,
+                    "origin": format!("{:?}", report.origin).to_lowercase(),
+                    "rejected": report.rejected,
+                    "load_ms": report.load_time.as_secs_f64() * 1e3,
+                    "store": store.location(),
+                    "path": store.cache_path(&report.manifest.key),
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                "load compiled"
-            };
-            println!("{verb}: {:.2} s", runtime.load_time().as_secs_f64());
+                let manifest = &report.manifest;
+                println!(
+                    "artifact {} ({:.1} MB, {:?})",
+                    manifest.key,
+                    manifest.size as f64 / 1e6,
+                    report.origin
+                );
+                println!("store    {}", store.location());
+                for (step, ms) in &manifest.timings_ms {
+                    println!("{step:<14} {ms} ms");
+                }
+                println!("load_ms        {:.1}", report.load_time.as_secs_f64() * 1e3);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {
@@ -84,43 +118,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot read {}", file.display()))?,
                 (None, None) => bail!("give a FILE or -c CODE"),
             };
-            let artifacts = eryx_preinit::ensure_component(&data_dir, &progress)?;
-            let runtime = load_runtime(&data_dir, &artifacts, &progress)?;
+            let (runtime, _report) = load()?;
             let sandbox = eryx::Sandbox::builder(&runtime)
                 .with_output_limit_bytes(output_limit_bytes)
-                .build()?;
-            let tokio = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
                 .build()?;
             Ok(report(tokio.block_on(sandbox.execute(&code))))
         }
     }
-}
-
-fn load_runtime(
-    data_dir: &std::path::Path,
-    artifacts: &eryx_preinit::Artifacts,
-    progress: &Spinner,
-) -> anyhow::Result<eryx::Runtime> {
-    let cache = data_dir.join("compiled");
-    progress.quiet_step("loading the component (the first time compiles it: ~10 s)");
-    let runtime = eryx::Runtime::builder()
-        .with_component_file(&artifacts.component)
-        .with_stdlib_dir(&artifacts.stdlib_dir)
-        .with_cache_dir(cache)
-        .build()?;
-    if runtime.was_compiled() {
-        eryx_preinit::Progress::done(
-            progress,
-            &format!(
-                "compiled the component in {:.1} s",
-                runtime.load_time().as_secs_f64()
-            ),
-        );
-    } else {
-        progress.clear();
-    }
-    Ok(runtime)
 }
 
 /// Prints a run's output as `python3` would and picks the exit status.
@@ -177,19 +181,6 @@ impl Spinner {
         bar.enable_steady_tick(Duration::from_millis(100));
         if let Some(old) = self.bar.lock().expect("spinner lock").replace(bar) {
             old.finish_and_clear();
-        }
-    }
-
-    /// A step that is usually quick: shown on a terminal only.
-    fn quiet_step(&self, message: &str) {
-        if std::io::stderr().is_terminal() {
-            self.start(message);
-        }
-    }
-
-    fn clear(&self) {
-        if let Some(bar) = self.bar.lock().expect("spinner lock").take() {
-            bar.finish_and_clear();
         }
     }
 }

@@ -384,3 +384,17 @@ def preload(modules):
 
     for name in modules:
         importlib.import_module(name)
+
+
+def after_restore(environment):
+    """Refreshes, in an instance made from a pre-initialization snapshot, what
+    the snapshot froze: the environment (`KEY=VALUE` strings from the host) and
+    the seed of `random`'s global generator, so instances do not share it."""
+    import os
+
+    os.environ.clear()
+    for entry in environment:
+        key, _, value = entry.partition("=")
+        os.environ[key] = value
+    if "random" in sys.modules:
+        sys.modules["random"].seed()

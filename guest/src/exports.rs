@@ -9,6 +9,16 @@ const ERROR_KINDS: [&str; 3] = ["syntax", "exception", "exit"];
 
 /// Runs the export `name`; returns its result value (`None` for no result).
 pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
+    if crate::wasi::take_restored() {
+        // First call in an instance made from a pre-initialization snapshot:
+        // the environment and the `random` seed were frozen in it.
+        let environment = crate::wasi::host_environment();
+        if let Err(message) =
+            Obj::str_list(&environment).and_then(|env| call_driver("after_restore", &[env]))
+        {
+            panic!("refreshing the restored instance failed: {message}");
+        }
+    }
     let mut args = args.into_iter();
     match name {
         "execute" => {

@@ -7,13 +7,23 @@
 //! 3. [`link`]: generate the `wit-dylib` bindings from `wit/sandbox.wit` and link
 //!    guest + CPython + libc + adapter into one component.
 //!
-//! Every output lives under a data directory and is keyed by a sha256 of its
-//! inputs, so repeated runs (and every test process) reuse it. [`ensure_component`]
-//! runs the whole pipeline under a cross-process lock.
+//! 4. [`artifact`]: pre-initialize the component with wizer (CPython started,
+//!    common modules imported), precompile it for the engine, and publish it
+//!    content-addressed in an [`ArtifactStore`] (local directory or S3).
+//!
+//! Every output lives under a data directory or the store and is keyed by a
+//! sha256 of its inputs, so repeated runs (and every test process) reuse it.
+//! [`ensure_component`] runs steps 1–3 under a cross-process lock;
+//! [`ensure_runtime`] runs all four and returns a ready runtime.
 
+pub mod artifact;
 pub mod guest;
 pub mod link;
 pub mod python;
+pub mod store;
+
+pub use artifact::{Origin, PRELOAD_MODULES, Report, artifact_key, ensure_runtime};
+pub use store::{ArtifactStore, Manifest};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -50,6 +60,12 @@ pub enum Error {
     /// Generating bindings or linking the component failed.
     #[error("linking the component: {0}")]
     Link(String),
+    /// The artifact store failed (unreachable, refused, malformed manifest).
+    #[error("artifact store: {0}")]
+    Store(String),
+    /// Pre-initializing, precompiling or loading with the eryx runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] eryx::Error),
     /// A filesystem operation failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -92,6 +108,16 @@ pub struct Artifacts {
     pub key: String,
     /// How long each step took this time; empty when everything was cached.
     pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// The default artifact store inside a data directory: `<data_dir>/store`.
+pub fn default_store_location(data_dir: &Path) -> String {
+    data_dir.join("store").display().to_string()
+}
+
+/// Where downloaded artifacts are cached inside a data directory.
+pub fn cache_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("cache")
 }
 
 /// Where build outputs go unless told otherwise: `$ERYX_DATA_DIR`, else

@@ -1,8 +1,13 @@
 //! Host bindings generated from `wit/sandbox.wit`, and the host side of the
 //! world's imports.
 
+use std::path::Path;
+
 use wasmtime::component::{Accessor, HasSelf, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::{Error, Result};
 
 wasmtime::component::bindgen!({
     path: "../wit/sandbox.wit",
@@ -10,10 +15,45 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-/// Per-instance host state: the instance's WASI context and resource table.
+/// Per-instance host state: the instance's WASI context and resource table,
+/// and what it writes to file descriptors 1 and 2.
 pub(crate) struct HostState {
-    pub(crate) wasi: WasiCtx,
-    pub(crate) table: ResourceTable,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) stdout: MemoryOutputPipe,
+    pub(crate) stderr: MemoryOutputPipe,
+}
+
+impl HostState {
+    /// The sandbox's WASI world: the standard library read-only at `/python`,
+    /// the few environment variables CPython needs, captured stdout/stderr
+    /// (each kept up to `output_limit_bytes`), no sockets, nothing else.
+    pub(crate) fn new(stdlib_dir: &Path, output_limit_bytes: u32) -> Result<HostState> {
+        let stdout = MemoryOutputPipe::new(output_limit_bytes as usize);
+        let stderr = MemoryOutputPipe::new(output_limit_bytes as usize);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.preopened_dir(stdlib_dir, "python", FsPerms::ReadOnly)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "mounting the standard library {}: {e:#}",
+                    stdlib_dir.display()
+                ))
+            })?
+            .env("PYTHONHOME", "/python")
+            .env("PYTHONPATH", "/python")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        Ok(HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            stdout,
+            stderr,
+        })
+    }
 }
 
 impl WasiView for HostState {

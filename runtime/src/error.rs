@@ -60,6 +60,25 @@ pub enum Error {
     /// The WebAssembly instance trapped (a guest crash or a limit hit).
     #[error("the sandbox trapped: {0}")]
     Trap(String),
+    /// A precompiled artifact's bytes do not have the sha256 its manifest
+    /// records (corrupted or substituted); it was not loaded.
+    #[error("corrupt artifact {path}: sha256 is {actual}, expected {expected}")]
+    CorruptArtifact {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The recorded sha256.
+        expected: String,
+        /// The file's sha256.
+        actual: String,
+    },
+    /// A precompiled artifact was made by another wasmtime version or engine
+    /// configuration (or is not a component); it was not loaded.
+    #[error("incompatible artifact: {0}")]
+    IncompatibleArtifact(String),
+    /// Pre-initialization failed inside Python (e.g. a module to preload
+    /// does not import).
+    #[error("pre-initialization: {0}")]
+    Preinit(String),
     /// Snapshotting or restoring Python state failed.
     #[error("state: {0}")]
     State(String),

@@ -4,22 +4,24 @@
 //! [wasmtime](https://wasmtime.dev). The types follow wasmtime's split of work
 //! by lifetime:
 //!
-//! - [`Runtime`] — once per process and component: the engine, the compiled
-//!   component and its pre-linked instance template.
+//! - [`Engine`] — once per process: wasmtime with eryx's configuration and
+//!   its pool of instance slots; it also pre-initializes and precompiles.
+//! - [`Runtime`] — once per component: the compiled component and its
+//!   pre-linked instance template (`InstancePre`).
 //! - [`Sandbox`] — per tenant/configuration, cheap: settings such as the
 //!   output limit.
 //! - [`Session`] — per instance: one fresh `Store` and instance, for one
 //!   [`Sandbox::execute`] or several calls that share Python globals.
 //!
-//! The component itself is built by the `eryx-preinit` crate (or `eryx run`,
-//! which does it on first use) from the WIT world in `wit/sandbox.wit`.
+//! The component itself is built, pre-initialized, precompiled and stored by
+//! the `eryx-preinit` crate (or `eryx build`/`eryx run`, which do it on first
+//! use) from the WIT world in `wit/sandbox.wit`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), eryx::Error> {
 //! let runtime = eryx::Runtime::builder()
-//!     .with_component_file("eryx.wasm")
+//!     .with_precompiled_file("eryx.cwasm", "<sha256 from the artifact manifest>")
 //!     .with_stdlib_dir("python-stdlib")
-//!     .with_cache_dir("cache")
 //!     .build()?;
 //! let sandbox = eryx::Sandbox::builder(&runtime).build()?;
 //! let result = sandbox.execute("import sys; sys.version_info[:2]").await?;
@@ -28,11 +30,13 @@
 //! ```
 
 mod bindings;
+mod engine;
 mod error;
 mod runtime;
 mod sandbox;
 mod session;
 
+pub use engine::{Engine, EngineOptions, WASMTIME_VERSION};
 pub use error::{Error, PythonError, Result};
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use sandbox::{DEFAULT_OUTPUT_LIMIT_BYTES, ExecuteResult, Sandbox, SandboxBuilder};

@@ -1,35 +1,33 @@
-//! [`Runtime`]: what is built once per process and component — the engine,
-//! the compiled component and its pre-linked instance template.
+//! [`Runtime`]: what is built once per component — the compiled component
+//! and its pre-linked instance template (`InstancePre`).
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::component::Component;
 
-use crate::bindings::{self, HostState, SandboxPre};
-use crate::{Error, Result};
+use crate::bindings::{HostState, SandboxPre};
+use crate::engine::{Engine, linker};
+use crate::{EngineOptions, Error, Result};
 
-/// The compiled eryx component, ready to instantiate: an [`Engine`], the
-/// compiled [`Component`] and its `InstancePre` (imports resolved once).
+/// A component ready to instantiate: the compiled [`Component`] and its
+/// `InstancePre` (imports resolved once), on an [`Engine`].
 ///
-/// Building one compiles the component with Cranelift (seconds for the
-/// ~12 MB CPython component) unless a compiled copy is in the cache
-/// directory. Cloning is cheap (shared); create one per process and make
-/// [`Sandbox`](crate::Sandbox)es from it.
+/// Cloning is cheap (shared). Make one per component per process and create
+/// [`Sandbox`](crate::Sandbox)es from it; every instance then costs only a
+/// `Store` and a copy-on-write mapping of the snapshot's memory.
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    engine: Engine,
     pre: SandboxPre<HostState>,
     stdlib_dir: PathBuf,
     load_time: Duration,
-    compiled: bool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -40,12 +38,27 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+enum Source {
+    /// A `.wasm` component, compiled by Cranelift at build time.
+    Wasm(PathBuf),
+    /// A precompiled `.cwasm` and the sha256 it must have.
+    Precompiled { path: PathBuf, sha256: String },
+}
+
 /// Builds a [`Runtime`]; see [`Runtime::builder`].
-#[derive(Debug, Default, Clone)]
+#[derive(Default)]
 pub struct RuntimeBuilder {
-    component: Option<PathBuf>,
+    source: Option<Source>,
     stdlib_dir: Option<PathBuf>,
-    cache_dir: Option<PathBuf>,
+    engine: Option<Engine>,
+}
+
+impl std::fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("stdlib_dir", &self.stdlib_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Runtime {
@@ -58,30 +71,44 @@ impl Runtime {
         &self.inner.pre
     }
 
-    pub(crate) fn engine(&self) -> &Engine {
-        self.inner.pre.engine()
-    }
-
     pub(crate) fn stdlib_dir(&self) -> &Path {
         &self.inner.stdlib_dir
     }
 
-    /// How long [`RuntimeBuilder::build`] took to compile or load the component.
-    pub fn load_time(&self) -> Duration {
-        self.inner.load_time
+    /// The engine this runtime's instances run on.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
     }
 
-    /// Whether the component was compiled by Cranelift (`true`) or loaded
-    /// from the compiled-code cache (`false`).
-    pub fn was_compiled(&self) -> bool {
-        self.inner.compiled
+    /// How long [`RuntimeBuilder::build`] took: compiling the component, or
+    /// verifying and loading a precompiled one, plus linking.
+    pub fn load_time(&self) -> Duration {
+        self.inner.load_time
     }
 }
 
 impl RuntimeBuilder {
-    /// The linked eryx component (`.wasm`), as produced by `eryx-preinit`.
+    /// Uses a component (`.wasm`), compiled with Cranelift when the runtime is
+    /// built (seconds for the CPython component). Prefer
+    /// [`with_precompiled_file`](Self::with_precompiled_file).
     pub fn with_component_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.component = Some(path.into());
+        self.source = Some(Source::Wasm(path.into()));
+        self
+    }
+
+    /// Uses a component precompiled by [`Engine::precompile`] for an engine
+    /// with the same [`fingerprint`](Engine::fingerprint). The file is
+    /// checked against `sha256` (hex) before it is loaded, so a corrupt or
+    /// substituted file is refused, never executed.
+    pub fn with_precompiled_file(
+        mut self,
+        path: impl Into<PathBuf>,
+        sha256: impl Into<String>,
+    ) -> Self {
+        self.source = Some(Source::Precompiled {
+            path: path.into(),
+            sha256: sha256.into(),
+        });
         self
     }
 
@@ -92,25 +119,23 @@ impl RuntimeBuilder {
         self
     }
 
-    /// A directory for compiled components (`<key>.cwasm`, keyed by the
-    /// sha256 of the component and the engine's compatibility hash), so only
-    /// the first build pays for Cranelift.
-    pub fn with_cache_dir(mut self, path: impl Into<PathBuf>) -> Self {
-        self.cache_dir = Some(path.into());
+    /// The engine to run on (default: a new [`Engine`] with
+    /// [`EngineOptions::default`]). Share one engine between runtimes.
+    pub fn with_engine(mut self, engine: &Engine) -> Self {
+        self.engine = Some(engine.clone());
         self
     }
 
-    /// Creates the engine, compiles (or loads) the component and links it.
+    /// Loads (or compiles) the component and links it.
     ///
     /// # Errors
     /// [`Error::Config`] when the component or standard library is not given
-    /// or missing; [`Error::Host`] when compiling or linking fails;
-    /// [`Error::Io`] when the cache cannot be read or written.
+    /// or missing; [`Error::CorruptArtifact`] when a precompiled file does
+    /// not have its sha256; [`Error::IncompatibleArtifact`] when it was made
+    /// by another wasmtime or engine configuration; [`Error::Host`] when
+    /// compiling or linking fails.
     pub fn build(self) -> Result<Runtime> {
         let start = Instant::now();
-        let component_path = self
-            .component
-            .ok_or_else(|| Error::Config("no component: call with_component_file".into()))?;
         let stdlib_dir = self
             .stdlib_dir
             .ok_or_else(|| Error::Config("no standard library: call with_stdlib_dir".into()))?;
@@ -120,80 +145,62 @@ impl RuntimeBuilder {
                 stdlib_dir.display()
             )));
         }
-        let engine = Engine::new(&engine_config()).map_err(Error::from_wasmtime)?;
-        let (component, compiled) =
-            load_component(&engine, &component_path, self.cache_dir.as_deref())?;
-
-        let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::from_wasmtime)?;
-        bindings::Sandbox::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| {
-            state
-        })
-        .map_err(Error::from_wasmtime)?;
-        let pre = linker
+        let engine = match self.engine {
+            Some(engine) => engine,
+            None => Engine::new(EngineOptions::default())?,
+        };
+        let component = match self.source {
+            None => {
+                return Err(Error::Config(
+                    "no component: call with_precompiled_file or with_component_file".into(),
+                ));
+            }
+            Some(Source::Wasm(path)) => {
+                let wasm = std::fs::read(&path).map_err(|e| {
+                    Error::Config(format!("cannot read component {}: {e}", path.display()))
+                })?;
+                Component::new(engine.wasmtime(), &wasm).map_err(Error::from_wasmtime)?
+            }
+            Some(Source::Precompiled { path, sha256 }) => {
+                load_precompiled(&engine, &path, &sha256)?
+            }
+        };
+        let pre = linker(engine.wasmtime())?
             .instantiate_pre(&component)
             .map_err(Error::from_wasmtime)?;
         let pre = SandboxPre::new(pre).map_err(Error::from_wasmtime)?;
         Ok(Runtime {
             inner: Arc::new(Inner {
+                engine,
                 pre,
                 stdlib_dir,
                 load_time: start.elapsed(),
-                compiled,
             }),
         })
     }
 }
 
-/// The engine configuration every eryx engine uses (and that compiled
-/// artifacts must match).
-fn engine_config() -> Config {
-    let mut config = Config::new();
-    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    config
-}
-
-/// Compiles the component, or loads it from the cache when a compiled copy
-/// for this exact component and engine exists.
-fn load_component(
-    engine: &Engine,
-    path: &Path,
-    cache_dir: Option<&Path>,
-) -> Result<(Component, bool)> {
-    let wasm = std::fs::read(path)
-        .map_err(|e| Error::Config(format!("cannot read component {}: {e}", path.display())))?;
-    let Some(cache_dir) = cache_dir else {
-        let component = Component::new(engine, &wasm).map_err(Error::from_wasmtime)?;
-        return Ok((component, true));
-    };
-    let mut engine_hash = DefaultHasher::new();
-    engine
-        .precompile_compatibility_hash()
-        .hash(&mut engine_hash);
-    let mut key = Sha256::new();
-    key.update(&wasm);
-    key.update(engine_hash.finish().to_le_bytes());
-    let cached = cache_dir.join(format!("{}.cwasm", hex::encode(key.finalize())));
-    if cached.exists() {
-        // SAFETY: the file is one we wrote below from `Engine::precompile_component`
-        // for an engine with the same compatibility hash; wasmtime also checks its
-        // header and refuses an artifact from another version or configuration.
-        match unsafe { Component::deserialize_file(engine, &cached) } {
-            Ok(component) => return Ok((component, false)),
-            Err(error) => {
-                tracing::warn!(path = %cached.display(), "ignoring unusable compiled component: {error}")
-            }
-        }
+fn load_precompiled(engine: &Engine, path: &Path, expected: &str) -> Result<Component> {
+    let bytes = std::fs::read(path)?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != expected {
+        return Err(Error::CorruptArtifact {
+            path: path.to_owned(),
+            expected: expected.to_owned(),
+            actual,
+        });
     }
-    let compiled = engine
-        .precompile_component(&wasm)
-        .map_err(Error::from_wasmtime)?;
-    std::fs::create_dir_all(cache_dir)?;
-    let tmp = cache_dir.join(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, &compiled)?;
-    std::fs::rename(&tmp, &cached)?;
-    // SAFETY: `compiled` was just produced by this engine.
-    let component =
-        unsafe { Component::deserialize(engine, &compiled) }.map_err(Error::from_wasmtime)?;
-    Ok((component, true))
+    if wasmtime::Engine::detect_precompiled(&bytes) != Some(wasmtime::Precompiled::Component) {
+        return Err(Error::IncompatibleArtifact(format!(
+            "{} is not a precompiled component",
+            path.display()
+        )));
+    }
+    // SAFETY: the bytes are exactly the ones whose sha256 the artifact's
+    // manifest records, and artifacts are only ever written by
+    // `Engine::precompile`; wasmtime additionally checks the header's version
+    // and configuration and refuses a mismatch (mapped below), so no
+    // untrusted native code is loaded.
+    unsafe { Component::deserialize(engine.wasmtime(), &bytes) }
+        .map_err(|e| Error::IncompatibleArtifact(format!("{}: {e:#}", path.display())))
 }

@@ -4,9 +4,7 @@
 use std::time::Instant;
 
 use wasmtime::Store;
-use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::bindings::{self, ErrorKind, ExecuteOptions, HostState};
 use crate::{Error, ExecuteResult, PythonError, Result, Runtime};
@@ -17,30 +15,21 @@ pub struct Session {
     store: Store<HostState>,
     instance: bindings::Sandbox,
     output_limit_bytes: u32,
-    stdout: FdOutput,
-    stderr: FdOutput,
+    stdout_seen: Seen,
+    stderr_seen: Seen,
 }
 
-/// What the instance wrote to one WASI descriptor, and how much of it earlier
-/// calls already returned.
-struct FdOutput {
-    pipe: MemoryOutputPipe,
-    seen: usize,
-}
+/// How much of what the instance wrote to one WASI descriptor earlier calls
+/// already returned.
+#[derive(Default)]
+struct Seen(usize);
 
-impl FdOutput {
-    fn new(limit: u32) -> FdOutput {
-        FdOutput {
-            pipe: MemoryOutputPipe::new(limit as usize),
-            seen: 0,
-        }
-    }
-
-    /// What was written since the last call.
-    fn take_new(&mut self) -> String {
-        let bytes = self.pipe.contents();
-        let new = String::from_utf8_lossy(&bytes[self.seen.min(bytes.len())..]).into_owned();
-        self.seen = bytes.len();
+impl Seen {
+    /// What was written to `pipe` since the last call.
+    fn take_new(&mut self, pipe: &MemoryOutputPipe) -> String {
+        let bytes = pipe.contents();
+        let new = String::from_utf8_lossy(&bytes[self.0.min(bytes.len())..]).into_owned();
+        self.0 = bytes.len();
         new
     }
 }
@@ -78,25 +67,9 @@ impl Session {
     pub(crate) async fn new(runtime: &Runtime, output_limit_bytes: u32) -> Result<Session> {
         // What the code writes to file descriptors 1 and 2 directly (bypassing
         // `sys.stdout`) is kept up to the same limit.
-        let stdout = FdOutput::new(output_limit_bytes);
-        let stderr = FdOutput::new(output_limit_bytes);
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.preopened_dir(runtime.stdlib_dir(), "python", FsPerms::ReadOnly)
-            .map_err(|e| Error::Config(format!("mounting the standard library: {e:#}")))?
-            .env("PYTHONHOME", "/python")
-            .env("PYTHONPATH", "/python")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdout(stdout.pipe.clone())
-            .stderr(stderr.pipe.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        let state = HostState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-        };
+        let state = HostState::new(runtime.stdlib_dir(), output_limit_bytes)?;
         let start = Instant::now();
-        let mut store = Store::new(runtime.engine(), state);
+        let mut store = Store::new(runtime.engine().wasmtime(), state);
         let instance = runtime
             .pre()
             .instantiate_async(&mut store)
@@ -110,8 +83,8 @@ impl Session {
             store,
             instance,
             output_limit_bytes,
-            stdout,
-            stderr,
+            stdout_seen: Seen::default(),
+            stderr_seen: Seen::default(),
         })
     }
 
@@ -139,8 +112,8 @@ impl Session {
         tracing::debug!(elapsed_us = duration.as_micros() as u64, "executed");
         // Output written straight to the WASI descriptors goes after what
         // Python buffered; both are bounded.
-        let fd_out = self.stdout.take_new();
-        let fd_err = self.stderr.take_new();
+        let fd_out = self.stdout_seen.take_new(&self.store.data().stdout);
+        let fd_err = self.stderr_seen.take_new(&self.store.data().stderr);
         match outcome {
             Ok(output) => Ok(ExecuteResult {
                 stdout: output.stdout + &fd_out,

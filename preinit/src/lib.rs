@@ -65,10 +65,16 @@ pub enum Error {
     Store(String),
     /// Pre-initializing, precompiling or loading with the eryx runtime failed.
     #[error(transparent)]
-    Runtime(#[from] eryx::Error),
+    Runtime(Box<eryx::Error>),
     /// A filesystem operation failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<eryx::Error> for Error {
+    fn from(error: eryx::Error) -> Error {
+        Error::Runtime(Box::new(error))
+    }
 }
 
 /// Result type of this crate.

@@ -1,0 +1,302 @@
+//! Artifacts: content-addressed keys, verification before loading, the S3
+//! store against a real S3-compatible server, and pre-initialized instances.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use eryx_preinit::{ArtifactStore, LogProgress, Origin};
+use eryx_tests::{engine, run};
+
+/// A store in a temporary directory, seeded with the base artifact the
+/// harness already built (so tests that tamper with it need not build first).
+fn seeded_store(dir: &Path) -> (ArtifactStore, String) {
+    eryx_tests::runtime();
+    let data_dir = eryx_preinit::default_data_dir();
+    let component = eryx_preinit::ensure_component(&data_dir, &LogProgress).unwrap();
+    let key = eryx_preinit::artifact_key(&component.key, &engine());
+    let from = Path::new(&eryx_preinit::default_store_location(&data_dir)).join("artifacts");
+    let to = dir.join("store").join("artifacts");
+    std::fs::create_dir_all(&to).unwrap();
+    for ext in ["cwasm", "json"] {
+        std::fs::copy(
+            from.join(format!("{key}.{ext}")),
+            to.join(format!("{key}.{ext}")),
+        )
+        .unwrap();
+    }
+    let store =
+        ArtifactStore::open(dir.join("store").to_str().unwrap(), &dir.join("cache")).unwrap();
+    (store, key)
+}
+
+fn stored_file(dir: &Path, key: &str, ext: &str) -> PathBuf {
+    dir.join("store")
+        .join("artifacts")
+        .join(format!("{key}.{ext}"))
+}
+
+async fn ensure(store: &ArtifactStore) -> (eryx::Runtime, eryx_preinit::Report) {
+    eryx_preinit::ensure_runtime(
+        &eryx_preinit::default_data_dir(),
+        store,
+        &engine(),
+        &LogProgress,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("ensure_runtime: {e}"))
+}
+
+async fn hello(runtime: &eryx::Runtime) -> String {
+    let sandbox = eryx::Sandbox::builder(runtime).build().unwrap();
+    sandbox.execute("print('hi')").await.unwrap().stdout
+}
+
+#[test]
+fn artifact_keys_are_content_addressed() {
+    let engine = engine();
+    let a = "1".repeat(64);
+    let b = "2".repeat(64);
+    assert_eq!(
+        eryx_preinit::artifact_key(&a, &engine),
+        eryx_preinit::artifact_key(&a, &engine)
+    );
+    assert_ne!(
+        eryx_preinit::artifact_key(&a, &engine),
+        eryx_preinit::artifact_key(&b, &engine)
+    );
+    // The pool knobs do not change compiled code, so they do not change the key.
+    let other_pool = eryx::Engine::new(eryx::EngineOptions::default().with_pool_size(3)).unwrap();
+    assert_eq!(engine.fingerprint(), other_pool.fingerprint());
+    // The linked component's key is stable for unchanged inputs.
+    let data_dir = eryx_preinit::default_data_dir();
+    let first = eryx_preinit::ensure_component(&data_dir, &LogProgress).unwrap();
+    let second = eryx_preinit::ensure_component(&data_dir, &LogProgress).unwrap();
+    assert_eq!(first.key, second.key);
+    assert_eq!(first.component, second.component);
+}
+
+#[tokio::test]
+async fn seeded_artifact_loads_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = seeded_store(dir.path());
+    let (runtime, report) = ensure(&store).await;
+    assert_eq!(report.origin, Origin::Fetched);
+    assert_eq!(report.manifest.key, key);
+    assert!(store.cache_path(&key).exists());
+    assert_eq!(hello(&runtime).await, "hi\n");
+    let (_, report) = ensure(&store).await;
+    assert_eq!(report.origin, Origin::Cached);
+}
+
+#[tokio::test]
+async fn corrupted_artifact_is_detected_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = seeded_store(dir.path());
+    // Flip one byte in the middle of the stored artifact.
+    let path = stored_file(dir.path(), &key, "cwasm");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let (runtime, report) = ensure(&store).await;
+    assert_eq!(report.origin, Origin::Built);
+    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+    assert!(
+        report.rejected[0].contains("sha256"),
+        "{:?}",
+        report.rejected
+    );
+    assert_eq!(hello(&runtime).await, "hi\n");
+    // The rebuilt artifact replaced the corrupt one.
+    assert_ne!(std::fs::read(&path).unwrap(), bytes);
+
+    // Corrupting the local cached copy is caught when loading, before use.
+    let cached = store.cache_path(&key);
+    let mut bytes = std::fs::read(&cached).unwrap();
+    bytes.truncate(bytes.len() - 1);
+    std::fs::write(&cached, &bytes).unwrap();
+    let (runtime, report) = ensure(&store).await;
+    assert!(
+        report
+            .rejected
+            .iter()
+            .any(|r| r.contains("corrupt artifact")),
+        "{:?}",
+        report.rejected
+    );
+    assert_eq!(hello(&runtime).await, "hi\n");
+}
+
+#[tokio::test]
+async fn artifact_from_another_engine_configuration_is_refused() {
+    // A manifest that names another engine: refused (not loaded), rebuilt.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = seeded_store(dir.path());
+    let manifest_path = stored_file(dir.path(), &key, "json");
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    let fingerprint = engine().fingerprint();
+    std::fs::write(
+        &manifest_path,
+        manifest.replace(&fingerprint, &"0".repeat(64)),
+    )
+    .unwrap();
+    let (_runtime, report) = ensure(&store).await;
+    assert!(
+        report
+            .rejected
+            .iter()
+            .any(|r| r.contains("incompatible artifact")),
+        "{:?}",
+        report.rejected
+    );
+    assert_eq!(report.origin, Origin::Built);
+
+    // Code compiled by a differently configured wasmtime: wasmtime's own
+    // header check refuses it, reported as an incompatible artifact.
+    let mut config = wasmtime::Config::new();
+    config.memory_reservation(64 << 20);
+    let foreign = wasmtime::Engine::new(&config).unwrap();
+    let empty_component = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+    let cwasm = foreign.precompile_component(&empty_component).unwrap();
+    let path = dir.path().join("foreign.cwasm");
+    std::fs::write(&path, &cwasm).unwrap();
+    let error = eryx::Runtime::builder()
+        .with_engine(&engine())
+        .with_precompiled_file(&path, eryx_preinit::sha256_hex(&cwasm))
+        .with_stdlib_dir(eryx_tests::stdlib_dir())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(error, eryx::Error::IncompatibleArtifact(_)),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn pre_initialized_instances_draw_different_random_values() {
+    // `random` was imported (and seeded) during pre-initialization; each
+    // instance must reseed, and os.urandom must come from the host.
+    let code = "import random, os\nrandom.random(), os.urandom(16).hex()";
+    let a = run(code).await.result.unwrap();
+    let b = run(code).await.result.unwrap();
+    assert_ne!(a, b);
+    let (a_random, a_urandom) = a.split_once(", ").unwrap();
+    let (b_random, b_urandom) = b.split_once(", ").unwrap();
+    assert_ne!(
+        a_random, b_random,
+        "random.random() repeats across instances"
+    );
+    assert_ne!(a_urandom, b_urandom, "os.urandom repeats across instances");
+}
+
+#[tokio::test]
+async fn pre_initialized_instances_start_with_modules_loaded() {
+    let result = run(
+        "import sys\nsorted(m for m in ('json', 'asyncio', 're', 'decimal') if m in sys.modules)",
+    )
+    .await;
+    assert_eq!(
+        result.result.as_deref(),
+        Some("['asyncio', 'decimal', 'json', 're']")
+    );
+}
+
+/// A moto S3 server on an ephemeral loopback port, stopped on drop.
+struct S3Server {
+    child: Child,
+    port: u16,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto's S3 server (.ci/run installs moto[server])");
+        let server = S3Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the S3 server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+
+    fn options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("aws_endpoint", format!("http://127.0.0.1:{}", self.port)),
+            ("aws_allow_http", "true".into()),
+            ("aws_access_key_id", "eryx-test".into()),
+            ("aws_secret_access_key", "eryx-test".into()),
+            ("aws_region", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_publishes_and_serves_artifacts() {
+    let server = S3Server::start();
+    server.create_bucket("eryx-artifacts");
+    let location = "s3://eryx-artifacts/base/v1";
+
+    // First replica: nothing in the bucket, so it builds and publishes.
+    let first_cache = tempfile::tempdir().unwrap();
+    let store =
+        ArtifactStore::open_with_options(location, first_cache.path(), server.options()).unwrap();
+    let (runtime, report) = ensure(&store).await;
+    assert_eq!(report.origin, Origin::Built);
+    assert_eq!(hello(&runtime).await, "hi\n");
+
+    // Second replica with an empty cache: fetches the artifact from S3.
+    let second_cache = tempfile::tempdir().unwrap();
+    let store =
+        ArtifactStore::open_with_options(location, second_cache.path(), server.options()).unwrap();
+    let manifest = store
+        .manifest(&report.manifest.key)
+        .await
+        .unwrap()
+        .expect("published manifest");
+    assert_eq!(manifest, report.manifest);
+    let (runtime, report) = ensure(&store).await;
+    assert_eq!(report.origin, Origin::Fetched);
+    assert!(report.rejected.is_empty());
+    assert_eq!(hello(&runtime).await, "hi\n");
+}

@@ -106,7 +106,7 @@ async fn corrupted_artifact_is_detected_and_rebuilt() {
     assert_eq!(report.origin, Origin::Built);
     assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
     assert!(
-        report.rejected[0].contains("sha256"),
+        report.rejected[0].contains("blake3 is"),
         "{:?}",
         report.rejected
     );
@@ -166,7 +166,7 @@ async fn artifact_from_another_engine_configuration_is_refused() {
     std::fs::write(&path, &cwasm).unwrap();
     let error = eryx::Runtime::builder()
         .with_engine(&engine())
-        .with_precompiled_file(&path, eryx_preinit::sha256_hex(&cwasm))
+        .with_precompiled_file(&path, eryx::content_hash(&cwasm))
         .with_stdlib_dir(eryx_tests::stdlib_dir())
         .build()
         .unwrap_err();

@@ -13,34 +13,39 @@ use std::sync::OnceLock;
 /// which step failed.
 pub fn runtime() -> &'static eryx::Runtime {
     static RUNTIME: OnceLock<eryx::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        // Built on a thread of its own: tests call this from inside their
-        // async runtime, which cannot block on another.
-        std::thread::spawn(|| {
-            let data_dir = eryx_preinit::default_data_dir();
-            let store = eryx_preinit::ArtifactStore::open(
-                &eryx_preinit::default_store_location(&data_dir),
-                &eryx_preinit::cache_dir(&data_dir),
-            )
-            .expect("opening the default artifact store");
-            let engine = engine();
-            let tokio = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let (runtime, _report) = tokio
-                .block_on(eryx_preinit::ensure_runtime(
-                    &data_dir,
-                    &store,
-                    &engine,
-                    &eryx_preinit::LogProgress,
-                ))
-                .unwrap_or_else(|e| panic!("building the base artifact: {e}"));
-            runtime
-        })
-        .join()
-        .expect("building the runtime panicked")
+    RUNTIME.get_or_init(|| runtime_on(engine()))
+}
+
+/// A runtime for the base artifact on `engine` (built on first use).
+///
+/// # Panics
+/// As [`runtime`].
+pub fn runtime_on(engine: eryx::Engine) -> eryx::Runtime {
+    // Built on a thread of its own: tests call this from inside their async
+    // runtime, which cannot block on another.
+    std::thread::spawn(move || {
+        let data_dir = eryx_preinit::default_data_dir();
+        let store = eryx_preinit::ArtifactStore::open(
+            &eryx_preinit::default_store_location(&data_dir),
+            &eryx_preinit::cache_dir(&data_dir),
+        )
+        .expect("opening the default artifact store");
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (runtime, _report) = tokio
+            .block_on(eryx_preinit::ensure_runtime(
+                &data_dir,
+                &store,
+                &engine,
+                &eryx_preinit::LogProgress,
+            ))
+            .unwrap_or_else(|e| panic!("building the base artifact: {e}"));
+        runtime
     })
+    .join()
+    .expect("building the runtime panicked")
 }
 
 /// The standard library directory of the CPython distribution.

@@ -142,3 +142,42 @@ async fn stack_exhaustion_denial_of_service() {
         Some("'alive'")
     );
 }
+
+#[tokio::test]
+async fn memory_bomb() {
+    // An instance cannot grow its memory past the engine's cap: the
+    // allocation fails inside Python, and the sandbox keeps serving.
+    let engine = eryx::Engine::new(
+        eryx::EngineOptions::default()
+            .with_pool_size(8)
+            .with_max_memory_bytes(128 << 20),
+    )
+    .unwrap();
+    let sandbox = eryx::Sandbox::builder(&eryx_tests::runtime_on(engine))
+        .build()
+        .unwrap();
+    let error = sandbox
+        .execute("hog = bytearray(512 * 1024 * 1024)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.python().map(|e| e.type_name.as_str()),
+        Some("MemoryError"),
+        "{error:?}"
+    );
+    let code = "chunks = []\ntry:\n    while True:\n        chunks.append(bytearray(16 * 1024 * 1024))\nexcept MemoryError:\n    print('capped at', len(chunks) * 16, 'MiB')";
+    let result = sandbox.execute(code).await.unwrap();
+    let mib: u32 = result
+        .stdout
+        .trim()
+        .rsplit(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((32..128).contains(&mib), "{}", result.stdout);
+    assert_eq!(
+        sandbox.execute("'alive'").await.unwrap().result.as_deref(),
+        Some("'alive'")
+    );
+}

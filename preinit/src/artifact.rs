@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use crate::store::{ArtifactStore, MANIFEST_FORMAT, Manifest};
-use crate::{Error, Progress, Result, ensure_component, sha256_hex};
+use crate::{Error, Progress, Result, ensure_component};
 
 /// Modules imported during pre-initialization, so instances start with them
 /// loaded: what typical handlers use, and the asyncio machinery.
@@ -79,12 +79,15 @@ pub enum Origin {
 
 /// The artifact key for a linked component on an engine: sha256 over the
 /// component's key (guest, libraries, WIT, link recipe), the pre-init recipe
-/// and module list, the wasmtime version and the engine fingerprint.
+/// and module list, the manifest format, the wasmtime version and the engine
+/// fingerprint.
 pub fn artifact_key(component_key: &str, engine: &eryx::Engine) -> String {
     let mut hasher = Sha256::new();
+    let format = MANIFEST_FORMAT.to_string();
     for part in [
         component_key,
         PREINIT_RECIPE,
+        &format,
         eryx::WASMTIME_VERSION,
         &engine.fingerprint(),
     ] {
@@ -103,7 +106,7 @@ pub fn artifact_key(component_key: &str, engine: &eryx::Engine) -> String {
 /// else build it (link → pre-initialize → precompile) and publish it.
 ///
 /// An artifact that fails verification (its bytes do not match the manifest's
-/// sha256) or that another engine configuration made is reported, removed and
+/// content hash) or that another engine configuration made is reported, removed and
 /// rebuilt; it is never executed.
 ///
 /// The CPU-heavy steps (linking, pre-initialization, Cranelift) run on the
@@ -121,7 +124,17 @@ pub async fn ensure_runtime(
     let key = artifact_key(&component.key, engine);
     let mut rejected = Vec::new();
     for _attempt in 0..2 {
-        let (manifest, origin) = match store.manifest(&key).await? {
+        let found = match store.manifest(&key).await {
+            Ok(found) => found,
+            Err(error @ Error::BadManifest(_)) => {
+                tracing::warn!(key, "artifact manifest unusable, rebuilding: {error}");
+                rejected.push(error.to_string());
+                store.remove(&key).await?;
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        let (manifest, origin) = match found {
             Some(manifest) => {
                 let origin = if store.cache_path(&key).exists() {
                     Origin::Cached
@@ -193,7 +206,7 @@ async fn load(
     let path = store.fetch(manifest).await?;
     eryx::Runtime::builder()
         .with_engine(engine)
-        .with_precompiled_file(&path, &manifest.sha256)
+        .with_precompiled_file(&path, &manifest.blake3)
         .with_stdlib_dir(stdlib_dir)
         .build()
         .map_err(Error::from)
@@ -237,7 +250,7 @@ async fn build(
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         key: key.to_owned(),
-        sha256: sha256_hex(&cwasm),
+        blake3: eryx::content_hash(&cwasm),
         size: cwasm.len() as u64,
         wasmtime: eryx::WASMTIME_VERSION.to_owned(),
         engine: engine.fingerprint(),

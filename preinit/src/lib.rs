@@ -41,11 +41,13 @@ pub enum Error {
     /// The CPython wheel could not be fetched (pip missing, offline, ...).
     #[error("fetching CPython for WASI: {0}")]
     Fetch(String),
-    /// A file did not have the sha256 it is pinned to.
-    #[error("{what}: sha256 is {actual}, expected {expected}")]
+    /// A file did not have the hash it is pinned to.
+    #[error("{what}: {algorithm} is {actual}, expected {expected}")]
     HashMismatch {
         /// The file.
         what: String,
+        /// The hash function (`sha256`, `blake3`).
+        algorithm: &'static str,
         /// The pinned hash.
         expected: String,
         /// The file's hash.
@@ -63,6 +65,9 @@ pub enum Error {
     /// The artifact store failed (unreachable, refused, malformed manifest).
     #[error("artifact store: {0}")]
     Store(String),
+    /// A stored manifest is malformed, of another format, or for another key.
+    #[error("bad artifact manifest: {0}")]
+    BadManifest(String),
     /// Pre-initializing, precompiling or loading with the eryx runtime failed.
     #[error(transparent)]
     Runtime(Box<eryx::Error>),

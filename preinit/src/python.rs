@@ -127,6 +127,7 @@ fn verify_wheel(path: &Path) -> Result<()> {
     if actual != WHEEL_SHA256 {
         return Err(Error::HashMismatch {
             what: path.display().to_string(),
+            algorithm: "sha256",
             expected: WHEEL_SHA256.to_owned(),
             actual,
         });

@@ -19,7 +19,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, atomic_write, sha256_hex};
+use crate::{Error, Result, atomic_write};
 
 /// The description stored beside every artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +29,9 @@ pub struct Manifest {
     pub format: u32,
     /// The artifact's key: sha256 (hex) of everything it was made from.
     pub key: String,
-    /// sha256 (hex) of the `.cwasm` bytes; checked before they are loaded.
-    pub sha256: String,
+    /// [`eryx::content_hash`] (BLAKE3, hex) of the `.cwasm` bytes; checked
+    /// after every download and before every load.
+    pub blake3: String,
     /// Size of the `.cwasm` in bytes.
     pub size: u64,
     /// wasmtime version that compiled it.
@@ -48,7 +49,7 @@ pub struct Manifest {
 }
 
 /// Current [`Manifest::format`].
-pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FORMAT: u32 = 2;
 
 /// Where artifacts are published and fetched from.
 #[derive(Clone)]
@@ -147,8 +148,9 @@ impl ArtifactStore {
     /// The manifest of artifact `key`, or `None` when it is not published.
     ///
     /// # Errors
-    /// [`Error::Store`] when the store cannot be reached or the manifest
-    /// does not parse.
+    /// [`Error::Store`] when the store cannot be reached;
+    /// [`Error::BadManifest`] when the manifest does not parse or is of
+    /// another format or key.
     pub async fn manifest(&self, key: &str) -> Result<Option<Manifest>> {
         let bytes = match self.store.get(&Self::object(key, "json")).await {
             Ok(object) => object.bytes().await.map_err(store_error)?,
@@ -156,12 +158,18 @@ impl ArtifactStore {
             Err(e) => return Err(store_error(e)),
         };
         let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Store(format!("manifest of {key}: {e}")))?;
+            .map_err(|e| Error::BadManifest(format!("manifest of {key}: {e}")))?;
+        if manifest.format != MANIFEST_FORMAT || manifest.key != key {
+            return Err(Error::BadManifest(format!(
+                "manifest of {key} has format {} and key {}",
+                manifest.format, manifest.key
+            )));
+        }
         Ok(Some(manifest))
     }
 
     /// Returns the local path of the artifact's `.cwasm`, downloading it into
-    /// the cache when absent. A download whose sha256 differs from the
+    /// the cache when absent. A download whose content hash differs from the
     /// manifest is refused.
     ///
     /// # Errors
@@ -180,11 +188,12 @@ impl ArtifactStore {
             .bytes()
             .await
             .map_err(store_error)?;
-        let actual = sha256_hex(&bytes);
-        if actual != manifest.sha256 {
+        let actual = eryx::content_hash(&bytes);
+        if actual != manifest.blake3 {
             return Err(Error::HashMismatch {
                 what: format!("{}/artifacts/{}.cwasm", self.location, manifest.key),
-                expected: manifest.sha256.clone(),
+                algorithm: "blake3",
+                expected: manifest.blake3.clone(),
                 actual,
             });
         }

@@ -60,15 +60,15 @@ pub enum Error {
     /// The WebAssembly instance trapped (a guest crash or a limit hit).
     #[error("the sandbox trapped: {0}")]
     Trap(String),
-    /// A precompiled artifact's bytes do not have the sha256 its manifest
-    /// records (corrupted or substituted); it was not loaded.
-    #[error("corrupt artifact {path}: sha256 is {actual}, expected {expected}")]
+    /// A precompiled artifact's bytes do not have the content hash (BLAKE3)
+    /// its manifest records (corrupted or substituted); it was not loaded.
+    #[error("corrupt artifact {path}: content hash is {actual}, expected {expected}")]
     CorruptArtifact {
         /// The file.
         path: std::path::PathBuf,
-        /// The recorded sha256.
+        /// The recorded hash.
         expected: String,
-        /// The file's sha256.
+        /// The file's hash.
         actual: String,
     },
     /// A precompiled artifact was made by another wasmtime version or engine

@@ -20,7 +20,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), eryx::Error> {
 //! let runtime = eryx::Runtime::builder()
-//!     .with_precompiled_file("eryx.cwasm", "<sha256 from the artifact manifest>")
+//!     .with_precompiled_file("eryx.cwasm", "<content hash from the artifact manifest>")
 //!     .with_stdlib_dir("python-stdlib")
 //!     .build()?;
 //! let sandbox = eryx::Sandbox::builder(&runtime).build()?;
@@ -38,6 +38,6 @@ mod session;
 
 pub use engine::{Engine, EngineOptions, WASMTIME_VERSION};
 pub use error::{Error, PythonError, Result};
-pub use runtime::{Runtime, RuntimeBuilder};
+pub use runtime::{Runtime, RuntimeBuilder, content_hash};
 pub use sandbox::{DEFAULT_OUTPUT_LIMIT_BYTES, ExecuteResult, Sandbox, SandboxBuilder};
 pub use session::{Session, StateSnapshot};

@@ -96,24 +96,31 @@ async fn secrets_exfiltration_through_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sandboxes_are_isolated() {
+    // Many instances from one pool at once: module state, globals and the
+    // random generator are each instance's own.
     let sandbox = sandbox();
-    let handles: Vec<_> = (0..4)
+    let handles: Vec<_> = (0..16)
         .map(|i| {
             let sandbox = sandbox.clone();
             tokio::spawn(async move {
                 let code = format!(
-                    "import json, random\nassert not hasattr(json, 'mark')\njson.mark = {i}\nmark = {i}\njson.mark, mark"
+                    "import json, random\nassert not hasattr(json, 'mark')\njson.mark = {i}\nmark = {i}\nprint(random.random())\njson.mark, mark"
                 );
                 sandbox.execute(&code).await
             })
         })
         .collect();
+    let mut draws = std::collections::HashSet::new();
     for (i, handle) in handles.into_iter().enumerate() {
-        assert_eq!(
-            handle.await.unwrap().unwrap().result,
-            Some(format!("({i}, {i})"))
-        );
+        let result = handle.await.unwrap().unwrap();
+        assert_eq!(result.result, Some(format!("({i}, {i})")));
+        draws.insert(result.stdout);
     }
+    assert_eq!(
+        draws.len(),
+        16,
+        "random.random() repeated across instances: {draws:?}"
+    );
 }
 
 #[tokio::test]

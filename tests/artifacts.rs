@@ -138,7 +138,7 @@ async fn artifact_from_another_engine_configuration_is_refused() {
     let (store, key) = seeded_store(dir.path());
     let manifest_path = stored_file(dir.path(), &key, "json");
     let manifest = std::fs::read_to_string(&manifest_path).unwrap();
-    let fingerprint = engine().fingerprint();
+    let fingerprint = engine().fingerprint().to_owned();
     std::fs::write(
         &manifest_path,
         manifest.replace(&fingerprint, &"0".repeat(64)),

@@ -89,7 +89,7 @@ pub fn artifact_key(component_key: &str, engine: &eryx::Engine) -> String {
         PREINIT_RECIPE,
         &format,
         eryx::WASMTIME_VERSION,
-        &engine.fingerprint(),
+        engine.fingerprint(),
     ] {
         hasher.update(part.as_bytes());
         hasher.update([0]);
@@ -253,7 +253,7 @@ async fn build(
         blake3: eryx::content_hash(&cwasm),
         size: cwasm.len() as u64,
         wasmtime: eryx::WASMTIME_VERSION.to_owned(),
-        engine: engine.fingerprint(),
+        engine: engine.fingerprint().to_owned(),
         inputs: BTreeMap::from([
             ("component".to_owned(), component.key.clone()),
             ("preinit_recipe".to_owned(), PREINIT_RECIPE.to_owned()),

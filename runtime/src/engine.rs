@@ -4,6 +4,7 @@
 
 use std::hash::Hasher;
 use std::path::Path;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -65,6 +66,8 @@ impl EngineOptions {
 pub struct Engine {
     inner: wasmtime::Engine,
     options: EngineOptions,
+    /// See [`Engine::fingerprint`]; fixed for the engine's life, so computed once.
+    fingerprint: Arc<str>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -115,7 +118,12 @@ impl Engine {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let inner = wasmtime::Engine::new(&config)
             .map_err(|e| Error::Config(format!("creating the engine: {e:#}")))?;
-        Ok(Engine { inner, options })
+        let fingerprint = fingerprint(&inner).into();
+        Ok(Engine {
+            inner,
+            options,
+            fingerprint,
+        })
     }
 
     /// The options this engine was made with.
@@ -131,11 +139,8 @@ impl Engine {
     /// of the wasmtime version and wasmtime's own compatibility hash (target,
     /// features, compiler settings). A precompiled artifact loads only into an
     /// engine with the same fingerprint.
-    pub fn fingerprint(&self) -> String {
-        let mut hasher = Sha256Hasher(Sha256::new());
-        hasher.0.update(WASMTIME_VERSION);
-        std::hash::Hash::hash(&self.inner.precompile_compatibility_hash(), &mut hasher);
-        hex::encode(hasher.0.finalize())
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Compiles a component to native code (`.cwasm` bytes) for this engine.
@@ -195,6 +200,13 @@ impl Engine {
             .await
             .map_err(Error::from_wasmtime)
     }
+}
+
+fn fingerprint(engine: &wasmtime::Engine) -> String {
+    let mut hasher = Sha256Hasher(Sha256::new());
+    hasher.0.update(WASMTIME_VERSION);
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+    hex::encode(hasher.0.finalize())
 }
 
 /// The linker every eryx instance is made with: WASI preview 2 plus the

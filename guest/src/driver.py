@@ -10,6 +10,8 @@ import sys
 import types
 
 FILENAME = "<exec>"
+# Files of user code: tracebacks start at their first frame.
+_USER_FILES = {FILENAME}
 _RESULT = "__eryx_result__"
 _MAIN = sys.modules["__main__"]
 _CO_COROUTINE = 0x80
@@ -168,7 +170,7 @@ def _format_exception(exc):
     import traceback
 
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != FILENAME:
+    while tb is not None and tb.tb_frame.f_code.co_filename not in _USER_FILES:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
@@ -398,3 +400,132 @@ def after_restore(environment):
         os.environ[key] = value
     if "random" in sys.modules:
         sys.modules["random"].seed()
+
+
+# --- Functions (the gateway) -------------------------------------------------
+#
+# A function's module is imported once, before a per-function snapshot is
+# taken; every instance made from that snapshot then calls its handler once.
+
+_HANDLER = None
+
+
+def _outcome_error(kind, exc, out, err):
+    if kind == "syntax":
+        import traceback
+
+        text = "".join(traceback.format_exception_only(type(exc), exc))
+    else:
+        text = _format_exception(exc)
+    return (kind, _type_name(exc), str(exc), text, out.getvalue(), err.getvalue())
+
+
+def _exit_error(exc, out, err):
+    code_ = exc.code
+    message = "0" if code_ is None else str(code_)
+    return ("exit", "SystemExit", message, "", out.getvalue(), err.getvalue())
+
+
+def load_function(module_name, source, handler_name):
+    """Imports `source` as module `module_name` and keeps its `handler_name`.
+
+    Returns ("ok", stdout, stderr, None, None) or an error tuple as `execute`.
+    """
+    import linecache
+
+    global _HANDLER
+    filename = f"{module_name}.py"
+    out = _Capture("<stdout>", 64 * 1024)
+    err = _Capture("<stderr>", 64 * 1024)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    _USER_FILES.add(filename)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    try:
+        try:
+            codeobj = compile(source, filename, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            return _outcome_error("syntax", exc, out, err)
+        module = types.ModuleType(module_name)
+        module.__file__ = filename
+        sys.modules[module_name] = module
+        try:
+            exec(codeobj, module.__dict__)
+        except SystemExit as exc:
+            del sys.modules[module_name]
+            return _exit_error(exc, out, err)
+        except BaseException as exc:
+            del sys.modules[module_name]
+            return _outcome_error("exception", exc, out, err)
+        handler = module.__dict__.get(handler_name)
+        if not callable(handler):
+            found = "not defined" if handler is None else f"a {type(handler).__name__}"
+            message = f"{filename} must define a function {handler_name}(event, context); {handler_name} is {found}"
+            return ("exception", "eryx.HandlerNotFound", message, "", out.getvalue(), err.getvalue())
+        _HANDLER = handler
+        return ("ok", out.getvalue(), err.getvalue(), None, None)
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+class Context:
+    """The `context` argument of a handler: who is calling, and how much time is left."""
+
+    def __init__(self, fields):
+        import time
+
+        self.request_id = fields["request_id"]
+        self.function_name = fields["function_name"]
+        self.function_version = fields["function_version"]
+        self.timeout_ms = fields["timeout_ms"]
+        self._deadline = time.monotonic() + self.timeout_ms / 1000
+
+    def remaining_time_ms(self):
+        """Milliseconds left before the gateway stops this call."""
+        import time
+
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+    # The name AWS Lambda's Python runtime uses, for handlers written for it.
+    get_remaining_time_in_millis = remaining_time_ms
+
+    def __repr__(self):
+        return (
+            f"Context(request_id={self.request_id!r}, function_name={self.function_name!r}, "
+            f"function_version={self.function_version!r}, timeout_ms={self.timeout_ms!r})"
+        )
+
+
+def call_handler(event_json, context_json, limit):
+    """Calls the loaded handler with the decoded event and a `Context`.
+
+    Returns ("ok", stdout, stderr, None, result_json) or an error tuple as `execute`.
+    """
+    import json
+
+    out = _Capture("<stdout>", limit)
+    err = _Capture("<stderr>", limit)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        if _HANDLER is None:
+            return ("exception", "eryx.NoHandler", "no function is loaded in this instance", "", "", "")
+        try:
+            event = json.loads(event_json)
+            context = Context(json.loads(context_json))
+            value = _HANDLER(event, context)
+            if type(value).__name__ == "coroutine":
+                import asyncio
+
+                value = asyncio.run(value)
+            try:
+                result = json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"the handler's return value is not JSON serializable: {exc}") from None
+        except SystemExit as exc:
+            return _exit_error(exc, out, err)
+        except BaseException as exc:
+            return _outcome_error("exception", exc, out, err)
+        return ("ok", out.getvalue(), err.getvalue(), None, result)
+    finally:
+        sys.stdout, sys.stderr = saved

@@ -23,16 +23,11 @@ pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
     match name {
         "execute" => {
             let code = string(args.next());
-            let limit = match args.next() {
-                Some(Val::Record(fields)) => match fields.first() {
-                    Some(Val::Int(limit)) => *limit as u64,
-                    other => {
-                        panic!("execute-options: expected output-limit-bytes, found {other:?}")
-                    }
-                },
-                other => panic!("execute: expected execute-options, found {other:?}"),
-            };
-            Some(execute(&code, limit))
+            let limit = options_limit(args.next());
+            Some(guarded(|| {
+                let out = call_driver("execute", &[Obj::str(&code)?, Obj::int(limit)?])?;
+                outcome(&out, output_record)
+            }))
         }
         "snapshot-state" => Some(match snapshot_state() {
             Ok((data, skipped)) => Val::ok(Some(Val::Record(vec![
@@ -71,6 +66,35 @@ pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
             }
             Some(unit_result(result))
         }
+        "load-function" => {
+            let module = string(args.next());
+            let source = string(args.next());
+            let handler = string(args.next());
+            let result = guarded(|| {
+                let out = call_driver(
+                    "load_function",
+                    &[Obj::str(&module)?, Obj::str(&source)?, Obj::str(&handler)?],
+                )?;
+                outcome(&out, |_| Ok(None))
+            });
+            // `Case(0, _)` is `result::ok`.
+            if matches!(result, Val::Case(0, _)) {
+                crate::wasi::reset_for_snapshot();
+            }
+            Some(result)
+        }
+        "call-handler" => {
+            let event = string(args.next());
+            let context = string(args.next());
+            let limit = options_limit(args.next());
+            Some(guarded(|| {
+                let out = call_driver(
+                    "call_handler",
+                    &[Obj::str(&event)?, Obj::str(&context)?, Obj::int(limit)?],
+                )?;
+                outcome(&out, output_record)
+            }))
+        }
         other => panic!("unknown export {other}"),
     }
 }
@@ -89,11 +113,23 @@ fn unit_result(result: PyResult<Obj>) -> Val {
     }
 }
 
-fn execute(code: &str, limit: u64) -> Val {
-    match run_execute(code, limit) {
+/// The output limit of an `execute-options` record.
+fn options_limit(val: Option<Val>) -> u64 {
+    match val {
+        Some(Val::Record(fields)) => match fields.first() {
+            Some(Val::Int(limit)) => *limit as u64,
+            other => panic!("execute-options: expected output-limit-bytes, found {other:?}"),
+        },
+        other => panic!("expected execute-options, found {other:?}"),
+    }
+}
+
+/// Runs a driver call whose failure means the driver itself broke (not the
+/// user's code), and reports such a failure as an `execute-error` so the host
+/// gets a typed error instead of a trap.
+fn guarded(run: impl FnOnce() -> PyResult<Val>) -> Val {
+    match run() {
         Ok(val) => val,
-        // The driver itself failed (not the user's code): report it as an
-        // exception so the host gets a typed error instead of a trap.
         Err(message) => Val::err(Some(Val::Record(vec![
             Val::Tag(1),
             Val::String("eryx.GuestError".to_owned()),
@@ -105,17 +141,25 @@ fn execute(code: &str, limit: u64) -> Val {
     }
 }
 
-fn run_execute(code: &str, limit: u64) -> PyResult<Val> {
-    let out = call_driver("execute", &[Obj::str(code)?, Obj::int(limit)?])?;
+/// The `execute-output` record of a driver's `("ok", stdout, stderr,
+/// result_repr, result_json)` tuple.
+fn output_record(out: &Obj) -> PyResult<Option<Val>> {
+    let opt = |v: Option<String>| v.map_or_else(Val::none, |s| Val::some(Val::String(s)));
+    Ok(Some(Val::Record(vec![
+        Val::String(out.item(1)?.to_string()?),
+        Val::String(out.item(2)?.to_string()?),
+        opt(out.item(3)?.to_opt_string()?),
+        opt(out.item(4)?.to_opt_string()?),
+    ])))
+}
+
+/// Converts a driver outcome tuple to a WIT `result`: `ok` gives `on_ok`'s
+/// payload, the other statuses an `execute-error` record from
+/// `(kind, type_name, message, traceback, stdout, stderr)`.
+fn outcome(out: &Obj, on_ok: impl FnOnce(&Obj) -> PyResult<Option<Val>>) -> PyResult<Val> {
     let status = out.item(0)?.to_string()?;
     if status == "ok" {
-        let opt = |v: Option<String>| v.map_or_else(Val::none, |s| Val::some(Val::String(s)));
-        return Ok(Val::ok(Some(Val::Record(vec![
-            Val::String(out.item(1)?.to_string()?),
-            Val::String(out.item(2)?.to_string()?),
-            opt(out.item(3)?.to_opt_string()?),
-            opt(out.item(4)?.to_opt_string()?),
-        ]))));
+        return Ok(Val::ok(on_ok(out)?));
     }
     let kind = ERROR_KINDS
         .iter()

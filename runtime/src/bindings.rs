@@ -22,13 +22,54 @@ pub(crate) struct HostState {
     table: ResourceTable,
     pub(crate) stdout: MemoryOutputPipe,
     pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) limiter: MemoryLimiter,
+}
+
+/// Caps each linear memory of an instance, and remembers whether the cap
+/// refused a growth (so a `MemoryError` or trap can be reported as the
+/// memory limit).
+#[derive(Debug, Default)]
+pub(crate) struct MemoryLimiter {
+    /// The cap in bytes; `None` leaves only the engine's pool limit.
+    pub(crate) limit_bytes: Option<usize>,
+    /// Whether a growth past the cap was refused.
+    pub(crate) denied: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if self.limit_bytes.is_some_and(|limit| desired > limit) {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
 }
 
 impl HostState {
     /// The sandbox's WASI world: the standard library read-only at `/python`,
     /// the few environment variables CPython needs, captured stdout/stderr
-    /// (each kept up to `output_limit_bytes`), no sockets, nothing else.
-    pub(crate) fn new(stdlib_dir: &Path, output_limit_bytes: u32) -> Result<HostState> {
+    /// (each kept up to `output_limit_bytes`), `env` added to the
+    /// environment, no sockets, nothing else.
+    pub(crate) fn new(
+        stdlib_dir: &Path,
+        output_limit_bytes: u32,
+        env: &[(String, String)],
+    ) -> Result<HostState> {
         let stdout = MemoryOutputPipe::new(output_limit_bytes as usize);
         let stderr = MemoryOutputPipe::new(output_limit_bytes as usize);
         let mut wasi = WasiCtxBuilder::new();
@@ -47,11 +88,15 @@ impl HostState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        for (key, value) in env {
+            wasi.env(key, value);
+        }
         Ok(HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             stdout,
             stderr,
+            limiter: MemoryLimiter::default(),
         })
     }
 }

@@ -3,8 +3,9 @@
 //! are always made by exactly the configuration that loads them.
 
 use std::hash::Hasher;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -24,8 +25,16 @@ const CORE_INSTANCES_PER_INSTANCE: u32 = 24;
 const MEMORIES_PER_INSTANCE: u32 = 2;
 const TABLES_PER_INSTANCE: u32 = 4;
 
-/// Sizing of the engine's instance pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How often the engine's epoch advances: the granularity of execution
+/// timeouts (see [`Engine::deadline_ticks`]).
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// An epoch deadline that is never reached (≈ 29 million years of ticks), for
+/// stores without a timeout.
+pub(crate) const NO_DEADLINE: u64 = 1 << 60;
+
+/// Sizing of the engine's instance pool, and where compiled code is cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EngineOptions {
     /// How many instances may be alive at once (default 1,000). Each reserves
@@ -34,6 +43,12 @@ pub struct EngineOptions {
     /// Largest linear memory one instance may grow to, in bytes (default
     /// 512 MiB); growing past it fails inside Python with `MemoryError`.
     pub max_memory_bytes: u64,
+    /// Directory of Cranelift's incremental compilation cache (default none:
+    /// no cache). With it, compiling a component whose functions were compiled
+    /// before — such as a per-function snapshot of the base snapshot, which
+    /// differs from it only in data — reuses the machine code of every
+    /// unchanged function instead of compiling it again.
+    pub compile_cache_dir: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -41,6 +56,7 @@ impl Default for EngineOptions {
         EngineOptions {
             pool_size: 1_000,
             max_memory_bytes: 512 << 20,
+            compile_cache_dir: None,
         }
     }
 }
@@ -57,6 +73,12 @@ impl EngineOptions {
         self.max_memory_bytes = bytes;
         self
     }
+
+    /// Sets [`compile_cache_dir`](EngineOptions::compile_cache_dir).
+    pub fn with_compile_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.compile_cache_dir = Some(dir.into());
+        self
+    }
 }
 
 /// The wasmtime [`Engine`](wasmtime::Engine) configured for eryx: Cranelift,
@@ -66,6 +88,7 @@ impl EngineOptions {
 pub struct Engine {
     inner: wasmtime::Engine,
     options: EngineOptions,
+    cache: Option<Arc<dyn wasmtime::CacheStore>>,
     /// See [`Engine::fingerprint`]; fixed for the engine's life, so computed once.
     fingerprint: Arc<str>,
 }
@@ -79,14 +102,22 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Settings that decide how code is compiled; artifacts must agree on them.
-fn base_config() -> Config {
+fn base_config(cache: Option<&Arc<dyn wasmtime::CacheStore>>) -> Result<Config> {
     let mut config = Config::new();
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // Timeouts: compiled code checks the engine's epoch at function entries
+    // and loop back-edges, and traps once its store's deadline has passed.
+    config.epoch_interruption(true);
+    if let Some(cache) = cache {
+        config
+            .enable_incremental_compilation(cache.clone())
+            .map_err(|e| Error::Config(format!("compile cache: {e:#}")))?;
+    }
     // Fixed, not derived from `max_memory_bytes`, so the pool knobs never
     // change compiled code: bounds checks are elided within a 4 GiB reservation.
     config.memory_reservation(4 << 30);
     config.memory_guard_size(32 << 20);
-    config
+    Ok(config)
 }
 
 impl Engine {
@@ -114,21 +145,47 @@ impl Engine {
             .table_elements(64 * 1024)
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20);
-        let mut config = base_config();
+        let cache = match &options.compile_cache_dir {
+            Some(dir) => Some(Arc::new(crate::compile_cache::DiskCache::open(dir)?)
+                as Arc<dyn wasmtime::CacheStore>),
+            None => None,
+        };
+        let mut config = base_config(cache.as_ref())?;
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let inner = wasmtime::Engine::new(&config)
             .map_err(|e| Error::Config(format!("creating the engine: {e:#}")))?;
         let fingerprint = fingerprint(&inner).into();
+        start_epoch_ticker(&inner);
         Ok(Engine {
             inner,
             options,
+            cache,
             fingerprint,
         })
     }
 
     /// The options this engine was made with.
-    pub fn options(&self) -> EngineOptions {
-        self.options
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// An engine with the same compiled-code settings (and compile cache) but
+    /// without the instance pool, for instances made once, such as the ones
+    /// wizer snapshots.
+    pub(crate) fn unpooled(&self) -> Result<wasmtime::Engine> {
+        let engine = wasmtime::Engine::new(&base_config(self.cache.as_ref())?)
+            .map_err(Error::from_wasmtime)?;
+        start_epoch_ticker(&engine);
+        Ok(engine)
+    }
+
+    /// The epoch deadline, in ticks from now, for a store that may run for
+    /// `timeout` (rounded up to whole ticks; `None` = no deadline).
+    pub(crate) fn deadline_ticks(timeout: Option<Duration>) -> u64 {
+        match timeout {
+            Some(t) => (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1),
+            None => NO_DEADLINE,
+        }
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
@@ -175,11 +232,12 @@ impl Engine {
             .map_err(Error::from_wasmtime)?;
         // The instrumented component is compiled once and thrown away, so it
         // does not need (or fit) the instance pool.
-        let engine = wasmtime::Engine::new(&base_config()).map_err(Error::from_wasmtime)?;
+        let engine = self.unpooled()?;
         let component = Component::new(&engine, &instrumented).map_err(Error::from_wasmtime)?;
         let linker = linker(&engine)?;
-        let state = HostState::new(stdlib_dir, crate::DEFAULT_OUTPUT_LIMIT_BYTES)?;
+        let state = HostState::new(stdlib_dir, crate::DEFAULT_OUTPUT_LIMIT_BYTES, &[])?;
         let mut store = Store::new(&engine, state);
+        store.set_epoch_deadline(NO_DEADLINE);
         let instance = linker
             .instantiate_async(&mut store, &component)
             .await
@@ -200,6 +258,22 @@ impl Engine {
             .await
             .map_err(Error::from_wasmtime)
     }
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] on a background thread, for
+/// as long as the engine exists.
+fn start_epoch_ticker(engine: &wasmtime::Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("eryx-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
 }
 
 fn fingerprint(engine: &wasmtime::Engine) -> String {

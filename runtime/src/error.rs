@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// A Python exception that escaped user code, with the output written before it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PythonError {
     /// Exception type, qualified by module unless builtin (`ValueError`,
@@ -56,6 +56,21 @@ pub enum Error {
         stdout: String,
         /// Error output written before exiting.
         stderr: String,
+    },
+    /// The call ran past its timeout and was stopped.
+    #[error("the call exceeded its time limit of {} ms", limit.as_millis())]
+    Timeout {
+        /// The time limit that was exceeded.
+        limit: std::time::Duration,
+    },
+    /// The code needed more memory than the instance's memory limit allows.
+    #[error("the instance reached its memory limit of {} MiB", limit_bytes >> 20)]
+    MemoryLimit {
+        /// The limit, in bytes.
+        limit_bytes: u64,
+        /// The Python `MemoryError` it raised, when it raised one (rather than
+        /// trapping).
+        error: Option<PythonError>,
     },
     /// The WebAssembly instance trapped (a guest crash or a limit hit).
     #[error("the sandbox trapped: {0}")]

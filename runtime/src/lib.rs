@@ -30,14 +30,20 @@
 //! ```
 
 mod bindings;
+mod compile_cache;
 mod engine;
 mod error;
+mod function;
 mod runtime;
 mod sandbox;
 mod session;
 
 pub use engine::{Engine, EngineOptions, WASMTIME_VERSION};
 pub use error::{Error, PythonError, Result};
+pub use function::{FunctionBuilder, FunctionSnapshot, FunctionSource};
 pub use runtime::{Runtime, RuntimeBuilder, content_hash};
-pub use sandbox::{DEFAULT_OUTPUT_LIMIT_BYTES, ExecuteResult, Sandbox, SandboxBuilder};
+pub use sandbox::{
+    DEFAULT_OUTPUT_LIMIT_BYTES, ExecuteResult, HandlerContext, HandlerOutput, Sandbox,
+    SandboxBuilder,
+};
 pub use session::{Session, StateSnapshot};

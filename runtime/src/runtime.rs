@@ -70,7 +70,8 @@ impl Runtime {
         &self.inner.pre
     }
 
-    pub(crate) fn stdlib_dir(&self) -> &Path {
+    /// The standard library directory its instances mount at `/python`.
+    pub fn stdlib_dir(&self) -> &Path {
         &self.inner.stdlib_dir
     }
 

@@ -26,14 +26,52 @@ pub const DEFAULT_OUTPUT_LIMIT_BYTES: u32 = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     runtime: Runtime,
-    output_limit_bytes: u32,
+    settings: Settings,
+}
+
+/// Per-instance settings of a sandbox.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) output_limit_bytes: u32,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) memory_limit_bytes: Option<u64>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 /// Configures a [`Sandbox`]; see [`Sandbox::builder`].
 #[derive(Debug, Clone)]
 pub struct SandboxBuilder {
     runtime: Runtime,
-    output_limit_bytes: u32,
+    settings: Settings,
+}
+
+/// Who is calling a function's handler; passed to Python as `context`
+/// (with `timeout_ms` from the sandbox's timeout, and a
+/// `remaining_time_ms()` method).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerContext {
+    /// The request's id, for correlating logs.
+    pub request_id: String,
+    /// The function's name.
+    pub function_name: String,
+    /// The function's version (1 for the first deployment).
+    pub function_version: u64,
+}
+
+/// What a handler returned; see [`Sandbox::call_handler`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct HandlerOutput {
+    /// The return value as JSON (`null` for `None`).
+    pub result_json: String,
+    /// What the handler wrote to stdout, up to the output limit.
+    pub stdout: String,
+    /// What the handler wrote to stderr, up to the output limit.
+    pub stderr: String,
+    /// Time to create the instance from the function's snapshot.
+    pub instantiate_time: Duration,
+    /// Wall-clock time of the handler call inside the instance.
+    pub duration: Duration,
 }
 
 impl Sandbox {
@@ -41,7 +79,12 @@ impl Sandbox {
     pub fn builder(runtime: &Runtime) -> SandboxBuilder {
         SandboxBuilder {
             runtime: runtime.clone(),
-            output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
+            settings: Settings {
+                output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
+                timeout: None,
+                memory_limit_bytes: None,
+                env: Vec::new(),
+            },
         }
     }
 
@@ -53,11 +96,36 @@ impl Sandbox {
     /// [`Error::Exception`](crate::Error::Exception),
     /// [`Error::Compile`](crate::Error::Compile) and
     /// [`Error::Exit`](crate::Error::Exit) for Python failures (with the output
-    /// written before them); [`Error::Trap`](crate::Error::Trap) if the
-    /// instance traps; [`Error::Host`](crate::Error::Host) if it cannot be
-    /// created.
+    /// written before them); [`Error::Timeout`](crate::Error::Timeout) past
+    /// the timeout; [`Error::MemoryLimit`](crate::Error::MemoryLimit) when
+    /// the code failed for want of memory past the memory limit;
+    /// [`Error::Trap`](crate::Error::Trap) if the instance traps otherwise;
+    /// [`Error::Host`](crate::Error::Host) if it cannot be created.
     pub async fn execute(&self, code: &str) -> Result<ExecuteResult> {
         self.session().await?.execute(code).await
+    }
+
+    /// Calls, in a fresh instance, the handler of the function the runtime's
+    /// component was snapshotted with (a per-function snapshot made by
+    /// [`FunctionBuilder`](crate::FunctionBuilder)): `handler(event,
+    /// context)` with `event` decoded from `event_json`; an `async def`
+    /// handler is awaited. Returns the handler's return value as JSON.
+    ///
+    /// # Errors
+    /// As [`execute`](Sandbox::execute); a return value that is not JSON
+    /// serializable, or an `event_json` that is not JSON, is an
+    /// [`Error::Exception`](crate::Error::Exception) (`TypeError`,
+    /// `json.JSONDecodeError`); a runtime without a function gives
+    /// `eryx.NoHandler`.
+    pub async fn call_handler(
+        &self,
+        event_json: &str,
+        context: &HandlerContext,
+    ) -> Result<HandlerOutput> {
+        self.session()
+            .await?
+            .call_handler(event_json, context)
+            .await
     }
 
     /// Creates a fresh instance for several calls that share Python state.
@@ -66,7 +134,7 @@ impl Sandbox {
     /// [`Error::Host`](crate::Error::Host) if the instance cannot be created,
     /// [`Error::Trap`](crate::Error::Trap) if CPython fails to start.
     pub async fn session(&self) -> Result<Session> {
-        Session::new(&self.runtime, self.output_limit_bytes).await
+        Session::new(&self.runtime, &self.settings).await
     }
 }
 
@@ -75,7 +143,32 @@ impl SandboxBuilder {
     /// (default [`DEFAULT_OUTPUT_LIMIT_BYTES`]). Output past the cap is dropped
     /// and a line `[eryx: output truncated, N more bytes not shown]` is appended.
     pub fn with_output_limit_bytes(mut self, bytes: u32) -> Self {
-        self.output_limit_bytes = bytes;
+        self.settings.output_limit_bytes = bytes;
+        self
+    }
+
+    /// Limits each call ([`Sandbox::execute`], [`Sandbox::call_handler`],
+    /// each [`Session::execute`]) to `timeout` of wall-clock time (default:
+    /// none). Past it the instance is stopped (epoch interruption, checked
+    /// every 2 ms) and the call fails with
+    /// [`Error::Timeout`](crate::Error::Timeout).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = Some(timeout);
+        self
+    }
+
+    /// Limits each instance's linear memory to `bytes` (default: the
+    /// engine's [`max_memory_bytes`](crate::EngineOptions::max_memory_bytes)).
+    /// Allocations past it fail inside Python with `MemoryError`, reported
+    /// as [`Error::MemoryLimit`](crate::Error::MemoryLimit).
+    pub fn with_memory_limit_bytes(mut self, bytes: u64) -> Self {
+        self.settings.memory_limit_bytes = Some(bytes);
+        self
+    }
+
+    /// Adds an environment variable that Python sees in `os.environ`.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.env.push((key.into(), value.into()));
         self
     }
 
@@ -86,7 +179,7 @@ impl SandboxBuilder {
     pub fn build(self) -> Result<Sandbox> {
         Ok(Sandbox {
             runtime: self.runtime,
-            output_limit_bytes: self.output_limit_bytes,
+            settings: self.settings,
         })
     }
 }

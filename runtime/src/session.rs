@@ -1,22 +1,45 @@
 //! [`Session`]: one instance kept for several calls (REPL-style), with
 //! state snapshots.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::bindings::{self, ErrorKind, ExecuteOptions, HostState};
-use crate::{Error, ExecuteResult, PythonError, Result, Runtime};
+use crate::engine::NO_DEADLINE;
+use crate::sandbox::Settings;
+use crate::{Error, ExecuteResult, HandlerContext, HandlerOutput, PythonError, Result, Runtime};
+
+/// What an `execute` or `call-handler` export returns.
+type GuestOutcome = std::result::Result<bindings::ExecuteOutput, bindings::ExecuteError>;
+
+/// An export call that runs Python code.
+enum Call {
+    /// `execute(code)`.
+    Execute(String),
+    /// `call-handler(event-json, context-json)`.
+    Handler(String, String),
+}
+
+/// Epoch ticks (of 2 ms) of running code between yields to the executor.
+const YIELD_TICKS: u64 = 5;
+
+/// How long after the timeout the host stops waiting for a call that is
+/// blocked in the host (where epoch deadlines are not checked).
+const HOST_TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
 
 /// One live instance: Python globals persist from one
 /// [`execute`](Session::execute) to the next, like a REPL.
 pub struct Session {
     store: Store<HostState>,
     instance: bindings::Sandbox,
-    output_limit_bytes: u32,
+    settings: Settings,
     stdout_seen: Seen,
     stderr_seen: Seen,
+    instantiate_time: Duration,
+    /// Set after a timeout or trap: the instance must not be entered again.
+    poisoned: bool,
 }
 
 /// How much of what the instance wrote to one WASI descriptor earlier calls
@@ -64,94 +87,256 @@ impl StateSnapshot {
 }
 
 impl Session {
-    pub(crate) async fn new(runtime: &Runtime, output_limit_bytes: u32) -> Result<Session> {
+    pub(crate) async fn new(runtime: &Runtime, settings: &Settings) -> Result<Session> {
+        let session = Session::create(runtime, settings).await?;
+        tracing::debug!(
+            elapsed_us = session.instantiate_time.as_micros() as u64,
+            "instantiated"
+        );
+        Ok(session)
+    }
+
+    async fn create(runtime: &Runtime, settings: &Settings) -> Result<Session> {
         // What the code writes to file descriptors 1 and 2 directly (bypassing
         // `sys.stdout`) is kept up to the same limit.
-        let state = HostState::new(runtime.stdlib_dir(), output_limit_bytes)?;
+        let mut state = HostState::new(
+            runtime.stdlib_dir(),
+            settings.output_limit_bytes,
+            &settings.env,
+        )?;
+        state.limiter.limit_bytes = settings
+            .memory_limit_bytes
+            .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
         let start = Instant::now();
         let mut store = Store::new(runtime.engine().wasmtime(), state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(NO_DEADLINE);
         let instance = runtime
             .pre()
             .instantiate_async(&mut store)
             .await
             .map_err(Error::from_wasmtime)?;
-        tracing::debug!(
-            elapsed_us = start.elapsed().as_micros() as u64,
-            "instantiated"
-        );
         Ok(Session {
             store,
             instance,
-            output_limit_bytes,
+            settings: settings.clone(),
             stdout_seen: Seen::default(),
             stderr_seen: Seen::default(),
+            instantiate_time: start.elapsed(),
+            poisoned: false,
         })
+    }
+
+    /// How long creating this session's instance took.
+    pub fn instantiate_time(&self) -> Duration {
+        self.instantiate_time
     }
 
     /// Runs `code` in this session's `__main__`; globals from earlier calls
     /// are visible. See [`Sandbox::execute`](crate::Sandbox::execute).
     ///
     /// # Errors
-    /// As [`Sandbox::execute`](crate::Sandbox::execute).
+    /// As [`Sandbox::execute`](crate::Sandbox::execute). After a
+    /// [`Error::Timeout`] or a trap the session is unusable and every later
+    /// call returns [`Error::Trap`].
     pub async fn execute(&mut self, code: &str) -> Result<ExecuteResult> {
-        let start = Instant::now();
+        let (outcome, duration) = self.call(Call::Execute(code.to_owned())).await?;
+        let (output, fd_out, fd_err) = self.finish(outcome)?;
+        Ok(ExecuteResult {
+            stdout: output.stdout + &fd_out,
+            stderr: output.stderr + &fd_err,
+            result: output.result_repr,
+            result_json: output.result_json,
+            duration,
+        })
+    }
+
+    /// Calls the handler of the function this session's instance was
+    /// snapshotted with (see [`FunctionBuilder`](crate::FunctionBuilder)); see
+    /// [`Sandbox::call_handler`](crate::Sandbox::call_handler).
+    ///
+    /// # Errors
+    /// As [`Sandbox::call_handler`](crate::Sandbox::call_handler).
+    pub async fn call_handler(
+        &mut self,
+        event_json: &str,
+        context: &HandlerContext,
+    ) -> Result<HandlerOutput> {
+        let context_json = serde_json::json!({
+            "request_id": context.request_id,
+            "function_name": context.function_name,
+            "function_version": context.function_version,
+            "timeout_ms": self.settings.timeout.map(|t| t.as_millis() as u64),
+        })
+        .to_string();
+        let (outcome, duration) = self
+            .call(Call::Handler(event_json.to_owned(), context_json))
+            .await?;
+        let (output, fd_out, fd_err) = self.finish(outcome)?;
+        Ok(HandlerOutput {
+            result_json: output.result_json.unwrap_or_else(|| "null".to_owned()),
+            stdout: output.stdout + &fd_out,
+            stderr: output.stderr + &fd_err,
+            instantiate_time: self.instantiate_time,
+            duration,
+        })
+    }
+
+    /// Runs one export call under the settings' timeout: the epoch deadline
+    /// stops code running in the instance, and a host-side timer (a little
+    /// later) stops one blocked in the host, e.g. in `time.sleep`.
+    async fn call(&mut self, call: Call) -> Result<(GuestOutcome, Duration)> {
+        if self.poisoned {
+            return Err(Error::Trap(
+                "this session's instance stopped at an earlier timeout or trap".to_owned(),
+            ));
+        }
+        let timeout = self.settings.timeout;
+        let start = self.arm_deadline();
         let instance = &self.instance;
-        let code = code.to_owned();
         let options = ExecuteOptions {
-            output_limit_bytes: self.output_limit_bytes,
+            output_limit_bytes: self.settings.output_limit_bytes,
         };
-        let outcome = self
-            .store
-            .run_concurrent(async move |accessor| {
-                instance.call_execute(accessor, code, options).await
-            })
-            .await
-            .and_then(|r| r)
-            .map_err(Error::from_wasmtime)?;
+        let call = self.store.run_concurrent(async move |accessor| match call {
+            Call::Execute(code) => instance.call_execute(accessor, code, options).await,
+            Call::Handler(event, context) => {
+                instance
+                    .call_call_handler(accessor, event, context, options)
+                    .await
+            }
+        });
+        let outcome = match timeout {
+            Some(limit) => match tokio::time::timeout(limit + HOST_TIMEOUT_MARGIN, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.poisoned = true;
+                    return Err(Error::Timeout { limit });
+                }
+            },
+            None => call.await,
+        };
         let duration = start.elapsed();
-        tracing::debug!(elapsed_us = duration.as_micros() as u64, "executed");
+        tracing::debug!(elapsed_us = duration.as_micros() as u64, "called");
+        match outcome.and_then(|r| r) {
+            Ok(value) => Ok((value, duration)),
+            Err(error) => {
+                self.poisoned = true;
+                Err(self.classify(error))
+            }
+        }
+    }
+
+    /// Starts the clock of a call: every few ticks of running code the
+    /// instance yields to the async executor (so a busy handler cannot hold
+    /// a worker thread), and past the timeout it is interrupted.
+    fn arm_deadline(&mut self) -> Instant {
+        let start = Instant::now();
+        let deadline = self.settings.timeout.map(|t| start + t);
+        self.store.epoch_deadline_callback(move |_| {
+            Ok(match deadline {
+                Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Yield(YIELD_TICKS),
+            })
+        });
+        self.store.set_epoch_deadline(YIELD_TICKS);
+        start
+    }
+
+    /// Imports `function`'s module into this session's instance (as a
+    /// [`FunctionBuilder`](crate::FunctionBuilder) does before snapshotting)
+    /// so that [`call_handler`](Session::call_handler) can call its handler:
+    /// the way to serve a function before its snapshot is compiled. The
+    /// session's timeout and memory limit apply (not the source's).
+    ///
+    /// # Errors
+    /// As [`FunctionBuilder::snapshot`](crate::FunctionBuilder::snapshot).
+    pub async fn load_function(&mut self, function: &crate::FunctionSource<'_>) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::Trap(
+                "this session's instance stopped at an earlier timeout or trap".to_owned(),
+            ));
+        }
+        let timeout = self.settings.timeout;
+        self.arm_deadline();
+        let call = self.instance.call_load_function(
+            &mut self.store,
+            function.module_name,
+            function.source,
+            function.handler,
+        );
+        let outcome = match timeout {
+            Some(limit) => match tokio::time::timeout(limit + HOST_TIMEOUT_MARGIN, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.poisoned = true;
+                    return Err(Error::Timeout { limit });
+                }
+            },
+            None => call.await,
+        };
+        match outcome {
+            Ok(loaded) => {
+                let fd_out = self.stdout_seen.take_new(&self.store.data().stdout);
+                let fd_err = self.stderr_seen.take_new(&self.store.data().stderr);
+                loaded.map_err(|error| python_error(error, fd_out, fd_err))
+            }
+            Err(error) => {
+                self.poisoned = true;
+                Err(self.classify(error))
+            }
+        }
+    }
+
+    /// The typed error of a failed call: a timeout, the memory limit, or a trap.
+    fn classify(&mut self, error: wasmtime::Error) -> Error {
+        if let (Some(wasmtime::Trap::Interrupt), Some(limit)) = (
+            error.downcast_ref::<wasmtime::Trap>(),
+            self.settings.timeout,
+        ) {
+            return Error::Timeout { limit };
+        }
+        let error = Error::from_wasmtime(error);
+        match (&error, self.memory_limit_hit()) {
+            (Error::Trap(_), Some(limit_bytes)) => Error::MemoryLimit {
+                limit_bytes,
+                error: None,
+            },
+            _ => error,
+        }
+    }
+
+    /// The memory limit, when the instance asked for memory past it.
+    fn memory_limit_hit(&self) -> Option<u64> {
+        let limiter = &self.store.data().limiter;
+        limiter
+            .denied
+            .then(|| limiter.limit_bytes.unwrap_or(0) as u64)
+    }
+
+    /// Appends what was written straight to the WASI descriptors to the
+    /// output, and converts a Python failure to its typed error.
+    fn finish(
+        &mut self,
+        outcome: GuestOutcome,
+    ) -> Result<(bindings::ExecuteOutput, String, String)> {
         // Output written straight to the WASI descriptors goes after what
         // Python buffered; both are bounded.
         let fd_out = self.stdout_seen.take_new(&self.store.data().stdout);
         let fd_err = self.stderr_seen.take_new(&self.store.data().stderr);
         match outcome {
-            Ok(output) => Ok(ExecuteResult {
-                stdout: output.stdout + &fd_out,
-                stderr: output.stderr + &fd_err,
-                result: output.result_repr,
-                result_json: output.result_json,
-                duration,
-            }),
+            Ok(output) => Ok((output, fd_out, fd_err)),
             Err(error) => {
-                let stdout = error.stdout + &fd_out;
-                let stderr = error.stderr + &fd_err;
-                Err(match error.kind {
-                    ErrorKind::Exit => {
-                        let (code, message) = match error.message.parse::<i32>() {
-                            Ok(code) => (code, None),
-                            Err(_) => (1, Some(error.message)),
-                        };
-                        Error::Exit {
-                            code,
-                            message,
-                            stdout,
-                            stderr,
+                let error = python_error(error, fd_out, fd_err);
+                Err(match (error, self.memory_limit_hit()) {
+                    (Error::Exception(python), Some(limit_bytes))
+                        if python.type_name == "MemoryError" =>
+                    {
+                        Error::MemoryLimit {
+                            limit_bytes,
+                            error: Some(python),
                         }
                     }
-                    kind => {
-                        let python = PythonError {
-                            type_name: error.type_name,
-                            message: error.message,
-                            traceback: error.traceback,
-                            stdout,
-                            stderr,
-                        };
-                        if kind == ErrorKind::Syntax {
-                            Error::Compile(python)
-                        } else {
-                            Error::Exception(python)
-                        }
-                    }
+                    (error, _) => error,
                 })
             }
         }
@@ -198,5 +383,39 @@ impl Session {
             .call_clear_state(&mut self.store)
             .await
             .map_err(Error::from_wasmtime)
+    }
+}
+
+/// The typed error of a Python failure reported by the guest.
+pub(crate) fn python_error(error: bindings::ExecuteError, fd_out: String, fd_err: String) -> Error {
+    let stdout = error.stdout + &fd_out;
+    let stderr = error.stderr + &fd_err;
+    match error.kind {
+        ErrorKind::Exit => {
+            let (code, message) = match error.message.parse::<i32>() {
+                Ok(code) => (code, None),
+                Err(_) => (1, Some(error.message)),
+            };
+            Error::Exit {
+                code,
+                message,
+                stdout,
+                stderr,
+            }
+        }
+        kind => {
+            let python = PythonError {
+                type_name: error.type_name,
+                message: error.message,
+                traceback: error.traceback,
+                stdout,
+                stderr,
+            };
+            if kind == ErrorKind::Syntax {
+                Error::Compile(python)
+            } else {
+                Error::Exception(python)
+            }
+        }
     }
 }

@@ -1,0 +1,248 @@
+//! [`FunctionBuilder`]: per-function snapshots. A function's snapshot is the
+//! base snapshot (CPython started, common modules imported) with the user's
+//! module imported too, so each request's instance starts with the module's
+//! top-level code (imports, setup) already run.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wizer::{WasmtimeWizerComponent, Wizer};
+
+use crate::bindings::{self, HostState};
+use crate::{Engine, Error, Result};
+
+/// Output kept of each of stdout and stderr while a function's module is
+/// imported: 64 KiB.
+const IMPORT_OUTPUT_LIMIT_BYTES: u32 = 64 << 10;
+
+/// One function to snapshot: its module's source and handler name.
+#[derive(Debug, Clone)]
+pub struct FunctionSource<'a> {
+    /// The module's name in `sys.modules`; tracebacks name its file
+    /// `<module_name>.py`.
+    pub module_name: &'a str,
+    /// The module's Python source.
+    pub source: &'a str,
+    /// Name of the handler function the module must define.
+    pub handler: &'a str,
+    /// Longest the module's top-level code may run.
+    pub import_timeout: Duration,
+    /// Memory limit while it runs, in bytes (`None`: the engine's).
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// A per-function snapshot, not yet compiled; see [`FunctionBuilder::compile`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FunctionSnapshot {
+    /// The snapshot: a component (`.wasm` bytes) whose instances start with
+    /// the module imported.
+    pub wasm: Vec<u8>,
+    /// What the module's top-level code printed (up to 64 KiB).
+    pub stdout: String,
+    /// What it wrote to stderr (up to 64 KiB).
+    pub stderr: String,
+    /// Time to import the module and snapshot the instance.
+    pub snapshot_time: Duration,
+}
+
+/// Builds per-function snapshots from one base snapshot (the `.wasm` the
+/// base artifact was compiled from). Made once per process: it instruments
+/// the base for wizer and compiles that once (or loads it from the engine's
+/// compile cache directory).
+pub struct FunctionBuilder {
+    engine: Engine,
+    unpooled: wasmtime::Engine,
+    base: Vec<u8>,
+    component: Component,
+    linker: Linker<HostState>,
+    stdlib_dir: PathBuf,
+}
+
+impl std::fmt::Debug for FunctionBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionBuilder")
+            .field("base_bytes", &self.base.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FunctionBuilder {
+    /// Prepares to build snapshots of `base_snapshot` (a pre-initialized
+    /// component) for `engine`, with the standard library at `stdlib_dir`.
+    /// CPU-heavy the first time (a Cranelift compile, seconds); later it loads
+    /// the compiled form from the engine's compile cache directory.
+    ///
+    /// # Errors
+    /// [`Error::Host`] when the component cannot be instrumented or compiled.
+    pub fn new(
+        engine: &Engine,
+        base_snapshot: Vec<u8>,
+        stdlib_dir: &Path,
+    ) -> Result<FunctionBuilder> {
+        let (_, instrumented) = Wizer::new()
+            .instrument_component(&base_snapshot)
+            .map_err(Error::from_wasmtime)?;
+        let unpooled = engine.unpooled()?;
+        let component = compile_cached(
+            &unpooled,
+            &instrumented,
+            engine.options().compile_cache_dir.as_deref(),
+        )?;
+        let linker = crate::engine::linker(&unpooled)?;
+        Ok(FunctionBuilder {
+            engine: engine.clone(),
+            unpooled,
+            base: base_snapshot,
+            component,
+            linker,
+            stdlib_dir: stdlib_dir.to_owned(),
+        })
+    }
+
+    /// Imports `function`'s module into an instance of the base snapshot and
+    /// snapshots that instance with wizer (about half a second); compile the
+    /// snapshot with [`compile`](FunctionBuilder::compile).
+    ///
+    /// # Errors
+    /// [`Error::Compile`] for a syntax error; [`Error::Exception`] when the
+    /// module raises while imported or lacks the handler (type
+    /// `eryx.HandlerNotFound`); [`Error::Exit`] when it calls `sys.exit`;
+    /// [`Error::Timeout`] past `import_timeout`; [`Error::MemoryLimit`];
+    /// [`Error::Host`] when snapshotting fails.
+    pub async fn snapshot(&self, function: &FunctionSource<'_>) -> Result<FunctionSnapshot> {
+        let start = Instant::now();
+        let wizer = Wizer::new();
+        // The context borrows the base bytes; re-instrumenting yields the
+        // same component that was compiled in `new`.
+        let (context, _) = wizer
+            .instrument_component(&self.base)
+            .map_err(Error::from_wasmtime)?;
+        let mut state = HostState::new(&self.stdlib_dir, IMPORT_OUTPUT_LIMIT_BYTES, &[])?;
+        state.limiter.limit_bytes = function
+            .memory_limit_bytes
+            .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
+        let mut store = Store::new(&self.unpooled, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(Engine::deadline_ticks(Some(function.import_timeout)));
+        let instance = self
+            .linker
+            .instantiate_async(&mut store, &self.component)
+            .await
+            .map_err(Error::from_wasmtime)?;
+        let sandbox =
+            bindings::Sandbox::new(&mut store, &instance).map_err(Error::from_wasmtime)?;
+        let loaded = sandbox
+            .call_load_function(
+                &mut store,
+                function.module_name,
+                function.source,
+                function.handler,
+            )
+            .await;
+        let limiter = &store.data().limiter;
+        let memory_hit = limiter
+            .denied
+            .then_some(limiter.limit_bytes.unwrap_or(0) as u64);
+        let fd_out = String::from_utf8_lossy(&store.data().stdout.contents()).into_owned();
+        let fd_err = String::from_utf8_lossy(&store.data().stderr.contents()).into_owned();
+        match loaded {
+            Err(error) => {
+                return Err(match (error.downcast_ref::<wasmtime::Trap>(), memory_hit) {
+                    (Some(wasmtime::Trap::Interrupt), _) => Error::Timeout {
+                        limit: function.import_timeout,
+                    },
+                    (Some(_), Some(limit_bytes)) => Error::MemoryLimit {
+                        limit_bytes,
+                        error: None,
+                    },
+                    _ => Error::from_wasmtime(error),
+                });
+            }
+            Ok(Err(error)) => {
+                return Err(match crate::session::python_error(error, fd_out, fd_err) {
+                    Error::Exception(python)
+                        if python.type_name == "MemoryError" && memory_hit.is_some() =>
+                    {
+                        Error::MemoryLimit {
+                            limit_bytes: memory_hit.unwrap_or(0),
+                            error: Some(python),
+                        }
+                    }
+                    error => error,
+                });
+            }
+            Ok(Ok(())) => {}
+        }
+        let mut target = WasmtimeWizerComponent {
+            store: &mut store,
+            instance,
+        };
+        let snapshot = wizer
+            .snapshot_component(&context, &mut target)
+            .await
+            .map_err(Error::from_wasmtime)?;
+        let snapshot_time = start.elapsed();
+        tracing::debug!(
+            snapshot_ms = snapshot_time.as_millis() as u64,
+            "snapshotted a function"
+        );
+        Ok(FunctionSnapshot {
+            wasm: snapshot,
+            stdout: fd_out,
+            stderr: fd_err,
+            snapshot_time,
+        })
+    }
+
+    /// Precompiles a snapshot for the builder's engine (`.cwasm` bytes), on a
+    /// blocking thread. With the engine's
+    /// [compile cache](crate::EngineOptions::compile_cache_dir) every
+    /// function whose code the base already had is a cache hit; what remains
+    /// is translating, hashing and linking (seconds for CPython's ~17,000
+    /// functions, see `benches/README.md`).
+    ///
+    /// # Errors
+    /// [`Error::Host`] when the snapshot does not compile.
+    pub async fn compile(&self, snapshot: Vec<u8>) -> Result<Vec<u8>> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.precompile(&snapshot))
+            .await
+            .map_err(|e| Error::Host(format!("compile task: {e}")))?
+    }
+}
+
+/// Compiles `wasm` on `engine`, keeping the compiled form in `cache_dir` (by
+/// the content hash of `wasm`) when there is one.
+fn compile_cached(
+    engine: &wasmtime::Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> Result<Component> {
+    let Some(dir) = cache_dir else {
+        return Component::new(engine, wasm).map_err(Error::from_wasmtime);
+    };
+    let path = dir.join(format!("component-{}.cwasm", crate::content_hash(wasm)));
+    if path.exists() {
+        // SAFETY: the file was written by `serialize` below from a component
+        // this process family compiled; wasmtime checks that its header
+        // matches this engine's version and settings and refuses otherwise.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => return Ok(component),
+            Err(error) => tracing::warn!("recompiling {}: {error:#}", path.display()),
+        }
+    }
+    let component = Component::new(engine, wasm).map_err(Error::from_wasmtime)?;
+    let bytes = component.serialize().map_err(Error::from_wasmtime)?;
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&temporary, bytes)
+        .and_then(|()| std::fs::rename(&temporary, &path))
+        .is_err()
+    {
+        tracing::warn!("could not cache {}", path.display());
+        let _ = std::fs::remove_file(&temporary);
+    }
+    Ok(component)
+}

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -247,24 +247,20 @@ async fn build(
         start.elapsed().as_secs_f64()
     ));
 
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        key: key.to_owned(),
-        blake3: eryx::content_hash(&cwasm),
-        size: cwasm.len() as u64,
-        wasmtime: eryx::WASMTIME_VERSION.to_owned(),
-        engine: engine.fingerprint().to_owned(),
-        inputs: BTreeMap::from([
+    let mut manifest = Manifest::new(
+        key,
+        &cwasm,
+        engine,
+        BTreeMap::from([
             ("component".to_owned(), component.key.clone()),
             ("preinit_recipe".to_owned(), PREINIT_RECIPE.to_owned()),
         ]),
-        preloaded_modules: modules,
-        created_unix_ms: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        timings_ms: timings,
-    };
+        timings,
+    );
+    manifest.preloaded_modules = modules;
+    manifest.snapshot_blake3 = Some(eryx::content_hash(&snapshot));
     progress.step(&format!("publishing the artifact to {}", store.location()));
+    store.publish_snapshot(key, snapshot).await?;
     store.publish(&manifest, cwasm).await?;
     progress.done("published the artifact");
     Ok(manifest)

@@ -181,6 +181,13 @@ pub fn ensure_component(data_dir: &Path, progress: &dyn Progress) -> Result<Arti
     })
 }
 
+/// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// sha256 of `bytes` as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

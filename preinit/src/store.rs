@@ -11,12 +11,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, atomic_write};
@@ -46,10 +47,39 @@ pub struct Manifest {
     pub created_unix_ms: u64,
     /// How long each build step took, in milliseconds.
     pub timings_ms: std::collections::BTreeMap<String, u64>,
+    /// BLAKE3 (hex) of the pre-initialized component (`.wasm`) the `.cwasm`
+    /// was compiled from, stored beside it as `<key>.wasm` for building
+    /// per-function snapshots; `None` when it is not stored.
+    pub snapshot_blake3: Option<String>,
+}
+
+impl Manifest {
+    /// The manifest of a `.cwasm` compiled by `engine`, built now.
+    pub fn new(
+        key: &str,
+        cwasm: &[u8],
+        engine: &eryx::Engine,
+        inputs: std::collections::BTreeMap<String, String>,
+        timings_ms: std::collections::BTreeMap<String, u64>,
+    ) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            key: key.to_owned(),
+            blake3: eryx::content_hash(cwasm),
+            size: cwasm.len() as u64,
+            wasmtime: eryx::WASMTIME_VERSION.to_owned(),
+            engine: engine.fingerprint().to_owned(),
+            inputs,
+            preloaded_modules: Vec::new(),
+            created_unix_ms: crate::unix_ms(),
+            timings_ms,
+            snapshot_blake3: None,
+        }
+    }
 }
 
 /// Current [`Manifest::format`].
-pub const MANIFEST_FORMAT: u32 = 2;
+pub const MANIFEST_FORMAT: u32 = 3;
 
 /// Where artifacts are published and fetched from.
 #[derive(Clone)]
@@ -102,9 +132,19 @@ impl ArtifactStore {
             if bucket.is_empty() {
                 return Err(Error::Store(format!("{location}: no bucket named")));
             }
+            // Fail within seconds, not minutes, when S3 is unreachable (the
+            // default retries for 3 minutes): a gateway must answer its own
+            // clients with an error rather than hang.
+            let retry = RetryConfig {
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(10),
+                ..RetryConfig::default()
+            };
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
-                .with_virtual_hosted_style_request(false);
+                .with_virtual_hosted_style_request(false)
+                .with_retry(retry)
+                .with_config("connect_timeout".parse().map_err(store_error)?, "5s");
             for (key, value) in options {
                 let key = key
                     .as_ref()
@@ -201,6 +241,107 @@ impl ArtifactStore {
         Ok(path)
     }
 
+    /// Returns the local path of the pre-initialized component (`.wasm`) the
+    /// artifact was compiled from, downloading it into the cache when absent.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the manifest records no snapshot or the download
+    /// fails; [`Error::HashMismatch`] when the stored bytes are corrupt.
+    pub async fn fetch_snapshot(&self, manifest: &Manifest) -> Result<PathBuf> {
+        let Some(expected) = &manifest.snapshot_blake3 else {
+            return Err(Error::Store(format!(
+                "artifact {} has no stored snapshot",
+                manifest.key
+            )));
+        };
+        let path = self.cache_dir.join(format!("{}.wasm", manifest.key));
+        if path.exists() {
+            return Ok(path);
+        }
+        let bytes = self
+            .store
+            .get(&Self::object(&manifest.key, "wasm"))
+            .await
+            .map_err(store_error)?
+            .bytes()
+            .await
+            .map_err(store_error)?;
+        let actual = eryx::content_hash(&bytes);
+        if actual != *expected {
+            return Err(Error::HashMismatch {
+                what: format!("{}/artifacts/{}.wasm", self.location, manifest.key),
+                algorithm: "blake3",
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        atomic_write(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// Publishes the pre-initialized component an artifact is compiled from
+    /// (before [`publish`](Self::publish), whose manifest names it).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the upload fails.
+    pub async fn publish_snapshot(&self, key: &str, wasm: Vec<u8>) -> Result<()> {
+        atomic_write(&self.cache_dir.join(format!("{key}.wasm")), &wasm)?;
+        self.put(&format!("artifacts/{key}.wasm"), wasm).await
+    }
+
+    /// Writes the object `path` (relative to the store's root).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the upload fails.
+    pub async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&StorePath::from(path), PutPayload::from(bytes))
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Reads the object `path`, or `None` when there is none.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be reached.
+    pub async fn get(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        match self.store.get(&StorePath::from(path)).await {
+            Ok(object) => Ok(Some(object.bytes().await.map_err(store_error)?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// Deletes the object `path`; a missing object is not an error.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store refuses the deletion.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        match self.store.delete(&StorePath::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// Paths of the objects under `prefix` (a folder, without trailing `/`).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be listed.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&StorePath::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        Ok(objects
+            .into_iter()
+            .map(|o| o.location.to_string())
+            .collect())
+    }
+
     /// Publishes an artifact: the `.cwasm` first, then its manifest, so that
     /// readers never see a manifest without its complete artifact. Also
     /// places the bytes in the local cache.
@@ -230,16 +371,22 @@ impl ArtifactStore {
     /// # Errors
     /// [`Error::Store`] when the store refuses the deletion.
     pub async fn remove(&self, key: &str) -> Result<()> {
-        for extension in ["json", "cwasm"] {
+        for extension in ["json", "cwasm", "wasm"] {
             match self.store.delete(&Self::object(key, extension)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(store_error(e)),
             }
         }
-        match std::fs::remove_file(self.cache_path(key)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        for path in [
+            self.cache_path(key),
+            self.cache_dir.join(format!("{key}.wasm")),
+        ] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
         }
+        Ok(())
     }
 }
 

@@ -10,6 +10,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod client;
+mod serve;
+
 /// Run Python in isolated WebAssembly instances of CPython 3.14.
 #[derive(Parser)]
 #[command(name = "eryx", version)]
@@ -46,14 +49,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the gateway: deploy Python functions over HTTP and run every
+    /// invocation in a fresh instance.
+    Serve(serve::ServeArgs),
+    /// Deploy a Python file to a gateway as function NAME.
+    Deploy(client::DeployArgs),
+    /// Invoke function NAME on a gateway with a JSON event; prints the result.
+    Invoke(client::InvokeArgs),
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ERYX_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("ERYX_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let outcome = match cli.command {
+        Command::Serve(args) => {
+            if args.log_format == serve::LogFormat::Json {
+                tracing_subscriber::fmt()
+                    .json()
+                    .with_env_filter(filter())
+                    .with_writer(std::io::stderr)
+                    .init();
+            } else {
+                tracing_subscriber::fmt()
+                    .with_env_filter(filter())
+                    .with_writer(std::io::stderr)
+                    .init();
+            }
+            serve::run(args, cli.data_dir, cli.store)
+        }
+        Command::Deploy(args) => client::deploy(args),
+        Command::Invoke(args) => client::invoke(args),
+        command => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_env("ERYX_LOG"))
+                .with_writer(std::io::stderr)
+                .init();
+            run(Cli { command, ..cli })
+        }
+    };
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("eryx: {error:#}");
@@ -123,6 +160,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_output_limit_bytes(output_limit_bytes)
                 .build()?;
             Ok(report(tokio.block_on(sandbox.execute(&code))))
+        }
+        Command::Serve(_) | Command::Deploy(_) | Command::Invoke(_) => {
+            unreachable!("handled in main")
         }
     }
 }

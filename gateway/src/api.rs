@@ -1,0 +1,613 @@
+//! The HTTP API: routing, authorization, body limits, and the handlers of
+//! every route (each documented for the OpenAPI document with `utoipa`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::functions::{DeployRequest, DeployResponse, FunctionInfo, valid_name};
+use crate::limits::Rejected;
+use crate::server::AppState;
+
+/// Header carrying the request id (taken from the request when sane).
+pub const REQUEST_ID: &str = "x-request-id";
+/// Request header asking an invocation to return the handler's output too.
+pub const INCLUDE_OUTPUT: &str = "x-eryx-include-output";
+
+/// `/healthz` and `/readyz` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `starting` or `failed`.
+    pub status: String,
+    /// Why the gateway is not ready, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `GET /v1/functions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FunctionList {
+    /// Deployed functions, by name.
+    pub functions: Vec<FunctionInfo>,
+}
+
+/// An invocation's answer when the caller asked for the output
+/// (`?include_output=true` or `x-eryx-include-output: true`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvokeWithOutput {
+    /// The handler's return value.
+    #[schema(value_type = Object)]
+    pub result: serde_json::Value,
+    /// What the handler printed.
+    pub stdout: String,
+    /// What it wrote to stderr.
+    pub stderr: String,
+}
+
+/// Which token scope a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Deploy, list, get, delete.
+    Admin,
+    /// Invoke (admin tokens may invoke too).
+    Invoke,
+}
+
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+/// Answers one request; never fails (errors become JSON error responses).
+pub(crate) async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let start = Instant::now();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (route, reply) = route(&state, request, &request_id).await;
+    let mut response = reply.unwrap_or_else(|error| error_response(&error, &request_id));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let status = response.status();
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[method.as_str(), route, status.as_str()])
+        .inc();
+    tracing::info!(
+        request_id,
+        method = %method,
+        path,
+        status = status.as_u16(),
+        elapsed_us = start.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+/// Dispatches to the handler of the route; returns the route's template (for
+/// metrics) and the reply.
+async fn route(
+    state: &Arc<AppState>,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> (&'static str, Reply) {
+    let segments: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
+    let method = request.method().clone();
+    match (segments.as_slice(), method) {
+        (["healthz"], Method::GET) => ("/healthz", healthz()),
+        (["readyz"], Method::GET) => ("/readyz", readyz(state)),
+        (["metrics"], Method::GET) => ("/metrics", metrics(state)),
+        (["openapi.json"], Method::GET) => ("/openapi.json", openapi()),
+        (["v1", "functions"], Method::GET) => {
+            ("/v1/functions", list_functions(state, &request).await)
+        }
+        (["v1", "functions", name], method) => {
+            let name = (*name).to_owned();
+            let reply = match method {
+                Method::PUT => deploy_function(state, request, name).await,
+                Method::GET => get_function(state, &request, &name).await,
+                Method::DELETE => delete_function(state, &request, &name).await,
+                _ => Err(method_not_allowed("GET, PUT, DELETE")),
+            };
+            ("/v1/functions/{name}", reply)
+        }
+        (["v1", "functions", name, "invoke"], method) => {
+            let name = (*name).to_owned();
+            let reply = if method == Method::POST {
+                invoke_function(state, request, name, request_id).await
+            } else {
+                Err(method_not_allowed("POST"))
+            };
+            ("/v1/functions/{name}/invoke", reply)
+        }
+        (["healthz" | "readyz" | "metrics" | "openapi.json"] | ["v1", "functions"], _) => {
+            ("other", Err(method_not_allowed("GET")))
+        }
+        _ => (
+            "other",
+            Err(ApiError::not_found(format!(
+                "no route for {}",
+                request.uri().path()
+            ))),
+        ),
+    }
+}
+
+fn method_not_allowed(allowed: &'static str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("allowed methods: {allowed}"),
+    )
+}
+
+fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("serializable");
+    raw_json(status, body)
+}
+
+fn raw_json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_response(error: &ApiError, request_id: &str) -> Response<Full<Bytes>> {
+    let mut response = json_response(error.status, &error.body(request_id));
+    if let Some(seconds) = error.retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if error.status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// Checks the request's bearer token against the configured tokens: no
+/// tokens configured allows everything (the gateway then listens on loopback
+/// only); a missing or unknown token is 401, an invoke token on an admin
+/// route is 403 (RFC 6750 `insufficient_scope`).
+fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+    if !state.config.auth_enabled() {
+        return Ok(());
+    }
+    let Some(token) = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this gateway requires an `Authorization: Bearer <token>` header",
+        ));
+    };
+    let matches = |tokens: &[String]| {
+        tokens
+            .iter()
+            .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+    };
+    if matches(&state.config.admin_tokens) {
+        return Ok(());
+    }
+    if matches(&state.config.invoke_tokens) {
+        return if scope == Scope::Invoke {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token may only invoke functions",
+            ))
+        };
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "unknown token",
+    ))
+}
+
+/// Compares without an early exit on the first differing byte (the length
+/// still shows).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the body up to the configured limit (413 past it).
+async fn read_body(state: &AppState, request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let limit = state.config.limits.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(ApiError::bad_request(format!(
+            "reading the request body: {error}"
+        ))),
+    }
+}
+
+fn functions(state: &AppState) -> Result<&Arc<crate::functions::Functions>, ApiError> {
+    match state.functions.get() {
+        Some(functions) => Ok(functions),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            state.startup_detail(),
+        )
+        .retry_after(1)),
+    }
+}
+
+fn checked_name(name: &str) -> Result<(), ApiError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "function name {name:?} is invalid: use 1 to 63 of a-z, 0-9 and -"
+        )))
+    }
+}
+
+/// Liveness: the process is serving HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = Health)))]
+fn healthz() -> Reply {
+    Ok(json_response(
+        StatusCode::OK,
+        &Health {
+            status: "ok".into(),
+            detail: None,
+        },
+    ))
+}
+
+/// Readiness: the base artifact is loaded and functions can be deployed and
+/// invoked.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = Health),
+              (status = 503, description = "Starting or failed to start", body = Health)))]
+fn readyz(state: &AppState) -> Reply {
+    if state.functions.get().is_some() {
+        return healthz();
+    }
+    let failed = state.startup_error.get().is_some();
+    Ok(json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &Health {
+            status: if failed { "failed" } else { "starting" }.into(),
+            detail: Some(state.startup_detail()),
+        },
+    ))
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
+fn metrics(state: &AppState) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(response)
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+fn openapi() -> Reply {
+    Ok(raw_json(
+        StatusCode::OK,
+        crate::openapi::document().into_bytes(),
+    ))
+}
+
+/// Lists deployed functions.
+#[utoipa::path(get, path = "/v1/functions", tag = "functions", security(("bearer" = [])),
+    responses((status = 200, description = "Deployed functions", body = FunctionList),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_functions(state: &AppState, request: &Request<Incoming>) -> Reply {
+    authorize(state, request.headers(), Scope::Admin)?;
+    let records = functions(state)?.list().await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &FunctionList {
+            functions: records.iter().map(FunctionInfo::from).collect(),
+        },
+    ))
+}
+
+/// Shows one function.
+#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Function name, [a-z0-9-]{1,63}")),
+    responses((status = 200, description = "The function", body = FunctionInfo),
+              (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn get_function(state: &AppState, request: &Request<Incoming>, name: &str) -> Reply {
+    authorize(state, request.headers(), Scope::Admin)?;
+    checked_name(name)?;
+    match functions(state)?.get(name).await? {
+        Some(deployed) => Ok(json_response(StatusCode::OK, &deployed.info())),
+        None => Err(ApiError::not_found(format!("no function named {name}"))),
+    }
+}
+
+/// Deletes a function (its snapshot stays in the store, content-addressed).
+#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Function name")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+async fn delete_function(state: &AppState, request: &Request<Incoming>, name: &str) -> Reply {
+    authorize(state, request.headers(), Scope::Admin)?;
+    checked_name(name)?;
+    if functions(state)?.delete(name).await? {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        Ok(response)
+    } else {
+        Err(ApiError::not_found(format!("no function named {name}")))
+    }
+}
+
+/// Deploys (or redeploys) a function: Python source as `text/x-python`, or
+/// a JSON [`DeployRequest`]. Imports the module and snapshots it (a module
+/// that does not import leaves the previous version serving), then serves
+/// the new version at once; its snapshot compiles in the background unless
+/// `?wait=true`.
+#[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Function name, [a-z0-9-]{1,63}"),
+           ("wait" = Option<bool>, Query, description = "Answer only once the snapshot is compiled")),
+    request_body(description = "The module's source, or a JSON deployment",
+        content((String = "text/x-python"), (DeployRequest = "application/json"))),
+    responses((status = 201, description = "Deployed", body = DeployResponse),
+              (status = 400, description = "Invalid request, syntax error or import failure", body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn deploy_function(state: &Arc<AppState>, request: Request<Incoming>, name: String) -> Reply {
+    authorize(state, request.headers(), Scope::Admin)?;
+    checked_name(&name)?;
+    functions(state)?;
+    let is_json = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let wait = query_flag(&request, "wait");
+    let body = read_body(state, request).await?;
+    let deploy: DeployRequest = if is_json {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid deployment JSON: {e}")))?
+    } else {
+        let source = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("the source is not UTF-8"))?;
+        DeployRequest {
+            source,
+            handler: None,
+            timeout_ms: None,
+            memory_mb: None,
+            env: Default::default(),
+        }
+    };
+    let start = Instant::now();
+    // Building a snapshot is CPU-heavy for a second or more: it runs on a
+    // blocking thread so the async workers keep serving requests.
+    let state2 = state.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let outcome = tokio::task::spawn_blocking(move || {
+        runtime.block_on(async {
+            let functions = state2.functions.get().expect("checked ready above");
+            functions.deploy(&name, deploy, wait).await
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("deploy task: {e}")))?;
+    state
+        .metrics
+        .deploy_seconds
+        .observe(start.elapsed().as_secs_f64());
+    let label = match &outcome {
+        Ok(_) => "ok",
+        Err(error) => error.code,
+    };
+    state.metrics.deploys.with_label_values(&[label]).inc();
+    let deployed = outcome?;
+    tracing::info!(
+        function = deployed.function.name,
+        version = deployed.function.version,
+        cached = deployed.cached,
+        timings = ?deployed.timings_ms,
+        "deployed"
+    );
+    Ok(json_response(StatusCode::CREATED, &deployed))
+}
+
+/// Invokes a function: the JSON body is the event (empty body = `null`);
+/// calls `handler(event, context)` in a fresh instance made from the
+/// function's snapshot and answers with the return value as JSON. With
+/// `?include_output=true` (or header `x-eryx-include-output: true`) the answer
+/// is an object with `result`, `stdout` and `stderr`.
+#[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "functions", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Function name"),
+           ("include_output" = Option<bool>, Query, description = "Also return stdout and stderr")),
+    request_body(description = "The event, any JSON value", content((Object = "application/json"))),
+    responses((status = 200, description = "The handler's return value (or InvokeWithOutput)", body = Object),
+              (status = 400, description = "The body is not JSON", body = ErrorBody),
+              (status = 404, description = "No such function", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 429, description = "The function's queue is full (Retry-After)", body = ErrorBody),
+              (status = 500, description = "The handler raised, or hit its memory limit", body = ErrorBody),
+              (status = 503, description = "The gateway is full or not ready (Retry-After)", body = ErrorBody),
+              (status = 504, description = "The handler ran past its timeout", body = ErrorBody)))]
+async fn invoke_function(
+    state: &AppState,
+    request: Request<Incoming>,
+    name: String,
+    request_id: &str,
+) -> Reply {
+    authorize(state, request.headers(), Scope::Invoke)?;
+    checked_name(&name)?;
+    let include_output = request
+        .headers()
+        .get(INCLUDE_OUTPUT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "true" || v == "1")
+        || query_flag(&request, "include_output");
+    let deployed = functions(state)?
+        .get(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no function named {name}")))?;
+    let body = read_body(state, request).await?;
+    let event_json = if body.iter().all(u8::is_ascii_whitespace) {
+        "null".to_owned()
+    } else {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+            .map_err(|e| ApiError::bad_request(format!("the event is not valid JSON: {e}")))?;
+        // Valid JSON is UTF-8.
+        String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("the event is not UTF-8"))?
+    };
+    let limits = &state.config.limits;
+    let metrics = &state.metrics;
+    let _function_slot = deployed
+        .slots
+        .acquire(limits.queue_timeout)
+        .await
+        .map_err(|rejected| overloaded(rejected, StatusCode::TOO_MANY_REQUESTS, &name))?;
+    let _slot = state
+        .slots
+        .acquire(limits.queue_timeout)
+        .await
+        .map_err(|rejected| overloaded(rejected, StatusCode::SERVICE_UNAVAILABLE, "the gateway"))?;
+    metrics.in_flight.inc();
+    let start = Instant::now();
+    let context = eryx::HandlerContext {
+        request_id: request_id.to_owned(),
+        function_name: name.clone(),
+        function_version: deployed.record.version,
+    };
+    let outcome = deployed.call(&event_json, &context).await;
+    metrics.in_flight.dec();
+    metrics
+        .invocation_seconds
+        .with_label_values(&[&name])
+        .observe(start.elapsed().as_secs_f64());
+    let version = deployed.record.version;
+    match outcome {
+        Ok(output) => {
+            metrics
+                .instance_create_seconds
+                .observe(output.instantiate_time.as_secs_f64());
+            metrics.invocations.with_label_values(&[&name, "ok"]).inc();
+            log_output(request_id, &name, &output.stdout, &output.stderr);
+            let mut response = if include_output {
+                let result = serde_json::from_str(&output.result_json)
+                    .map_err(|e| ApiError::internal(format!("handler result: {e}")))?;
+                json_response(
+                    StatusCode::OK,
+                    &InvokeWithOutput {
+                        result,
+                        stdout: output.stdout,
+                        stderr: output.stderr,
+                    },
+                )
+            } else {
+                raw_json(StatusCode::OK, output.result_json.into_bytes())
+            };
+            let headers = response.headers_mut();
+            headers.insert("x-eryx-function-version", HeaderValue::from(version));
+            if let Ok(timing) = HeaderValue::from_str(&format!(
+                "instantiate;dur={:.3}, handler;dur={:.3}",
+                output.instantiate_time.as_secs_f64() * 1000.0,
+                output.duration.as_secs_f64() * 1000.0
+            )) {
+                headers.insert("server-timing", timing);
+            }
+            Ok(response)
+        }
+        Err(error) => {
+            let api = ApiError::from_eryx(error, StatusCode::INTERNAL_SERVER_ERROR);
+            metrics
+                .invocations
+                .with_label_values(&[&name, api.code])
+                .inc();
+            if let Some(python) = &api.python {
+                log_output(request_id, &name, &python.stdout, &python.stderr);
+            }
+            tracing::warn!(
+                request_id,
+                function = name,
+                code = api.code,
+                "invocation failed: {}",
+                api.message
+            );
+            Err(api)
+        }
+    }
+}
+
+/// Whether the query string sets `flag` to `true` or `1`.
+fn query_flag(request: &Request<Incoming>, flag: &str) -> bool {
+    request.uri().query().is_some_and(|query| {
+        query.split('&').any(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(key, value)| key == flag && (value == "true" || value == "1"))
+        })
+    })
+}
+
+fn overloaded(rejected: Rejected, status: StatusCode, what: &str) -> ApiError {
+    let message = match rejected {
+        Rejected::QueueFull => format!("{what} is at its concurrency limit and its queue is full"),
+        Rejected::TimedOut => {
+            format!("{what} stayed at its concurrency limit for the whole queue timeout")
+        }
+    };
+    let code = if status == StatusCode::TOO_MANY_REQUESTS {
+        "too_many_requests"
+    } else {
+        "overloaded"
+    };
+    ApiError::new(status, code, message).retry_after(1)
+}
+
+/// Sends the handler's output to the log, tagged with the request id.
+fn log_output(request_id: &str, function: &str, stdout: &str, stderr: &str) {
+    if !stdout.is_empty() || !stderr.is_empty() {
+        tracing::info!(request_id, function, stdout, stderr, "handler output");
+    }
+}

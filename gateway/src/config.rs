@@ -1,0 +1,157 @@
+//! [`Config`]: where the gateway listens and stores, who may call it, and its
+//! limits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `eryx serve` is configured with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Address to listen on (default `127.0.0.1:8080`; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Artifact store: a local directory or `s3://bucket/prefix` (default:
+    /// `<data_dir>/store`).
+    pub store: Option<String>,
+    /// Local data directory: CPython wheel, guest build, caches (default
+    /// [`eryx_preinit::default_data_dir`]).
+    pub data_dir: PathBuf,
+    /// Bearer tokens allowed to deploy, list and delete functions (and
+    /// invoke them).
+    pub admin_tokens: Vec<String>,
+    /// Bearer tokens allowed only to invoke functions.
+    pub invoke_tokens: Vec<String>,
+    /// Limits and queue sizes.
+    pub limits: Limits,
+    /// Extra S3 settings for the store, as `object_store` configuration
+    /// pairs (see [`eryx_preinit::ArtifactStore::open_with_options`]).
+    pub store_options: Vec<(String, String)>,
+}
+
+impl Config {
+    /// The defaults: loopback port 8080, the default data directory and its
+    /// local store, no tokens, default [`Limits`].
+    pub fn new() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            store: None,
+            data_dir: eryx_preinit::default_data_dir(),
+            admin_tokens: Vec::new(),
+            invoke_tokens: Vec::new(),
+            limits: Limits::default(),
+            store_options: Vec::new(),
+        }
+    }
+
+    /// Sets [`listen`](Config::listen).
+    pub fn with_listen(mut self, listen: SocketAddr) -> Config {
+        self.listen = listen;
+        self
+    }
+
+    /// Sets [`store`](Config::store).
+    pub fn with_store(mut self, store: impl Into<String>) -> Config {
+        self.store = Some(store.into());
+        self
+    }
+
+    /// Sets [`data_dir`](Config::data_dir).
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Config {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// Adds an admin (deploy) token.
+    pub fn with_admin_token(mut self, token: impl Into<String>) -> Config {
+        self.admin_tokens.push(token.into());
+        self
+    }
+
+    /// Adds an invoke-only token.
+    pub fn with_invoke_token(mut self, token: impl Into<String>) -> Config {
+        self.invoke_tokens.push(token.into());
+        self
+    }
+
+    /// Sets [`limits`](Config::limits).
+    pub fn with_limits(mut self, limits: Limits) -> Config {
+        self.limits = limits;
+        self
+    }
+
+    /// Adds S3 settings; see [`store_options`](Config::store_options).
+    pub fn with_store_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Config {
+        self.store_options.push((key.into(), value.into()));
+        self
+    }
+
+    /// Whether any token is configured (so requests must carry one).
+    pub fn auth_enabled(&self) -> bool {
+        !self.admin_tokens.is_empty() || !self.invoke_tokens.is_empty()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::new()
+    }
+}
+
+/// Request, concurrency and per-function limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest request body, in bytes (default 6 MiB, as AWS Lambda's
+    /// synchronous invocation payload); larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers), in bytes (default
+    /// 16 KiB; hyper enforces at least 8 KiB); larger heads get 431.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head (default 10 s).
+    pub header_read_timeout: Duration,
+    /// Invocations running at once across all functions (default 64).
+    pub max_concurrency: usize,
+    /// Invocations waiting for a slot across all functions (default 512);
+    /// past it requests get 503 with `Retry-After`.
+    pub max_queue: usize,
+    /// Longest an invocation waits in a queue before 503 (default 10 s).
+    pub queue_timeout: Duration,
+    /// Invocations of one function running at once (default 32).
+    pub function_max_concurrency: usize,
+    /// Invocations of one function waiting (default 256); past it requests
+    /// get 429 with `Retry-After`.
+    pub function_max_queue: usize,
+    /// Handler timeout when a deployment sets none, in ms (default 10,000).
+    pub default_timeout_ms: u64,
+    /// Largest handler timeout a deployment may set, in ms (default 300,000).
+    pub max_timeout_ms: u64,
+    /// Memory limit per instance when a deployment sets none, in MiB
+    /// (default 128).
+    pub default_memory_mb: u64,
+    /// Largest memory limit a deployment may set, in MiB (default 512, the
+    /// engine's per-instance maximum).
+    pub max_memory_mb: u64,
+    /// How long a graceful shutdown waits for in-flight requests (default 30 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: 6 << 20,
+            max_header_bytes: 16 << 10,
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrency: 64,
+            max_queue: 512,
+            queue_timeout: Duration::from_secs(10),
+            function_max_concurrency: 32,
+            function_max_queue: 256,
+            default_timeout_ms: 10_000,
+            max_timeout_ms: 300_000,
+            default_memory_mb: 128,
+            max_memory_mb: 512,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}

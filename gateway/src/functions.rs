@@ -1,0 +1,689 @@
+//! [`Functions`]: deployed functions — their records in the artifact store,
+//! their per-function snapshots, and the loaded runtimes that serve them.
+//!
+//! Store layout (beside the base artifacts of `eryx-preinit`):
+//! `functions/<name>.json` is a function's [`FunctionRecord`] (written last:
+//! it is the point of deployment); `sources/<sha256>.py` its source (kept so
+//! a snapshot can be rebuilt for another engine); `artifacts/<key>.cwasm` and
+//! `.json` its precompiled snapshot, content-addressed like the base's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use eryx_preinit::{ArtifactStore, Manifest};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::Limits;
+use crate::error::ApiError;
+use crate::limits::Slots;
+
+/// Bumped whenever the per-function snapshot changes in a way its inputs do
+/// not show.
+const FUNCTION_RECIPE: &str = "eryx-function-v1";
+
+/// Longest a module's top-level code may run at deploy time.
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A deployed function, as stored in `functions/<name>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    /// The function's name (`[a-z0-9-]{1,63}`).
+    pub name: String,
+    /// 1 for the first deployment, then +1 per redeployment.
+    pub version: u64,
+    /// Name of the handler function in the module.
+    pub handler: String,
+    /// Timeout of each invocation, in milliseconds.
+    pub timeout_ms: u64,
+    /// Memory limit of each instance, in MiB.
+    pub memory_mb: u64,
+    /// Environment variables the handler sees in `os.environ`.
+    pub env: BTreeMap<String, String>,
+    /// Key of the per-function snapshot artifact.
+    pub artifact: String,
+    /// sha256 (hex) of the source, stored at `sources/<sha256>.py`.
+    pub source_sha256: String,
+    /// Size of the source in bytes.
+    pub source_bytes: u64,
+    /// When this version was deployed, in ms since the Unix epoch.
+    pub created_unix_ms: u64,
+}
+
+/// A function as the API shows it (the environment's names, not values).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FunctionInfo {
+    /// The function's name.
+    pub name: String,
+    /// Current version (1 for the first deployment).
+    pub version: u64,
+    /// Handler function name.
+    pub handler: String,
+    /// Invocation timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Memory limit per instance in MiB.
+    pub memory_mb: u64,
+    /// Names of the environment variables set for it.
+    pub env_keys: Vec<String>,
+    /// Key (sha256) of its per-function snapshot artifact.
+    pub artifact: String,
+    /// sha256 of its source.
+    pub source_sha256: String,
+    /// Size of its source in bytes.
+    pub source_bytes: u64,
+    /// When this version was deployed, in ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// How this replica serves it, when it has loaded it: `snapshot` (from
+    /// its compiled per-function snapshot) or `interim` (while that compiles:
+    /// a base instance imports the module on every request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
+}
+
+impl From<&FunctionRecord> for FunctionInfo {
+    fn from(record: &FunctionRecord) -> FunctionInfo {
+        FunctionInfo {
+            name: record.name.clone(),
+            version: record.version,
+            handler: record.handler.clone(),
+            timeout_ms: record.timeout_ms,
+            memory_mb: record.memory_mb,
+            env_keys: record.env.keys().cloned().collect(),
+            artifact: record.artifact.clone(),
+            source_sha256: record.source_sha256.clone(),
+            source_bytes: record.source_bytes,
+            created_unix_ms: record.created_unix_ms,
+            serving: None,
+        }
+    }
+}
+
+/// A deployment: the source and optional settings.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The module's Python source.
+    pub source: String,
+    /// Handler function name (default `handler`).
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// Invocation timeout in milliseconds (default from the gateway's limits).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Memory limit per instance in MiB (default from the gateway's limits).
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    /// Environment variables for the handler.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The answer to a successful deployment.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeployResponse {
+    /// The function as now deployed.
+    pub function: FunctionInfo,
+    /// Whether the compiled per-function snapshot already existed (same
+    /// source and handler on the same base), so nothing was built.
+    pub cached: bool,
+    /// Whether invocations already run from the compiled snapshot. When
+    /// false it is compiling in the background and the function is served
+    /// meanwhile by importing the module per request (`?wait=true` waits).
+    pub compiled: bool,
+    /// Timings in milliseconds: `snapshot_ms` (import the module and
+    /// snapshot the instance), `compile_ms` (Cranelift, mostly cache hits;
+    /// present when waited for), `total_ms`.
+    pub timings_ms: BTreeMap<String, u64>,
+    /// What the module's top-level code printed.
+    pub stdout: String,
+    /// What it wrote to stderr.
+    pub stderr: String,
+}
+
+/// How a deployed function's invocations get their instance.
+#[derive(Debug)]
+pub(crate) enum Serving {
+    /// A fresh instance of the function's compiled snapshot: the module is
+    /// already imported.
+    Snapshot(eryx::Sandbox),
+    /// While the snapshot compiles: a fresh instance of the base that imports
+    /// the module, then calls the handler.
+    Interim {
+        sandbox: eryx::Sandbox,
+        module_name: String,
+        source: Arc<str>,
+    },
+}
+
+/// A function ready to serve: its record, how it is served, and its
+/// concurrency slots.
+#[derive(Debug)]
+pub(crate) struct Deployed {
+    pub(crate) record: FunctionRecord,
+    pub(crate) serving: Serving,
+    pub(crate) slots: Arc<Slots>,
+}
+
+impl Deployed {
+    /// Calls the handler in a fresh instance.
+    pub(crate) async fn call(
+        &self,
+        event_json: &str,
+        context: &eryx::HandlerContext,
+    ) -> eryx::Result<eryx::HandlerOutput> {
+        match &self.serving {
+            Serving::Snapshot(sandbox) => sandbox.call_handler(event_json, context).await,
+            Serving::Interim {
+                sandbox,
+                module_name,
+                source,
+            } => {
+                let mut session = sandbox.session().await?;
+                session
+                    .load_function(&eryx::FunctionSource {
+                        module_name,
+                        source,
+                        handler: &self.record.handler,
+                        import_timeout: IMPORT_TIMEOUT,
+                        memory_limit_bytes: None,
+                    })
+                    .await?;
+                session.call_handler(event_json, context).await
+            }
+        }
+    }
+
+    /// The API's view, with how it is served.
+    pub(crate) fn info(&self) -> FunctionInfo {
+        let mut info = FunctionInfo::from(&self.record);
+        info.serving = Some(
+            match self.serving {
+                Serving::Snapshot(_) => "snapshot",
+                Serving::Interim { .. } => "interim",
+            }
+            .to_owned(),
+        );
+        info
+    }
+}
+
+/// Deployed functions and the means to deploy more.
+pub(crate) struct Functions {
+    engine: eryx::Engine,
+    store: ArtifactStore,
+    base: Manifest,
+    base_runtime: eryx::Runtime,
+    builder: eryx::FunctionBuilder,
+    limits: Limits,
+    queue_gauge: prometheus::IntGauge,
+    deployed: RwLock<HashMap<String, Arc<Deployed>>>,
+    deploy_lock: tokio::sync::Mutex<()>,
+    /// Background compiles run one at a time (each uses every core).
+    compile_lock: tokio::sync::Mutex<()>,
+}
+
+/// Whether `name` is a valid function name: `[a-z0-9-]{1,63}`.
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn valid_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn record_path(name: &str) -> String {
+    format!("functions/{name}.json")
+}
+
+fn module_name(function: &str) -> String {
+    function.replace('-', "_")
+}
+
+/// A function's snapshot being built: the interim deployment and the
+/// background compile that replaces it.
+struct Pending {
+    deployed: Arc<Deployed>,
+    snapshot: eryx::FunctionSnapshot,
+}
+
+impl Functions {
+    /// Opens the deployed functions over a ready base: `builder` makes
+    /// snapshots of the base artifact `base`, whose runtime is `base_runtime`.
+    pub(crate) fn new(
+        engine: eryx::Engine,
+        store: ArtifactStore,
+        base: Manifest,
+        base_runtime: eryx::Runtime,
+        builder: eryx::FunctionBuilder,
+        limits: Limits,
+        queue_gauge: prometheus::IntGauge,
+    ) -> Functions {
+        Functions {
+            engine,
+            store,
+            base,
+            base_runtime,
+            builder,
+            limits,
+            queue_gauge,
+            deployed: RwLock::new(HashMap::new()),
+            deploy_lock: tokio::sync::Mutex::new(()),
+            compile_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Loads every function recorded in the store (at start-up). A function
+    /// that fails to load is logged and skipped; it is loaded again on its
+    /// next invocation.
+    pub(crate) async fn load_all(self: &Arc<Self>) -> Result<usize, ApiError> {
+        let mut loaded = 0;
+        for path in self.store.list("functions").await? {
+            let Some(name) = path
+                .strip_prefix("functions/")
+                .and_then(|p| p.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            match self.load(name).await {
+                Ok(Some(_)) => loaded += 1,
+                Ok(None) => {}
+                Err(error) => tracing::warn!(function = name, "not loaded: {}", error.message),
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// The deployed function `name`: from memory, else from the store (a
+    /// function another replica deployed). `None` when there is none.
+    pub(crate) async fn get(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<Option<Arc<Deployed>>, ApiError> {
+        if let Some(found) = self.deployed.read().expect("lock").get(name) {
+            return Ok(Some(found.clone()));
+        }
+        self.load(name).await
+    }
+
+    /// Reads `name`'s record from the store and makes it servable; a
+    /// snapshot that is missing or was compiled by another engine is rebuilt
+    /// from the stored source (served interim meanwhile).
+    async fn load(self: &Arc<Self>, name: &str) -> Result<Option<Arc<Deployed>>, ApiError> {
+        let Some(record) = self.read_record(name).await? else {
+            return Ok(None);
+        };
+        let deployed = match self.compiled(&record.artifact).await {
+            Some(manifest) => {
+                let slots = self.new_slots();
+                Arc::new(self.from_snapshot(record, &manifest, slots).await?)
+            }
+            None => {
+                let source = self
+                    .store
+                    .get(&format!("sources/{}.py", record.source_sha256))
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::internal(format!("the source of function {name} is missing"))
+                    })?;
+                let source = String::from_utf8_lossy(&source).into_owned();
+                let pending = self.prepare(record, &source).await?;
+                let deployed = pending.deployed.clone();
+                drop(self.spawn_compile(pending));
+                deployed
+            }
+        };
+        self.deployed
+            .write()
+            .expect("lock")
+            .insert(name.to_owned(), deployed.clone());
+        Ok(Some(deployed))
+    }
+
+    async fn read_record(&self, name: &str) -> Result<Option<FunctionRecord>, ApiError> {
+        match self.store.get(&record_path(name)).await? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                ApiError::internal(format!(
+                    "the stored record of function {name} is unreadable: {e}"
+                ))
+            }),
+        }
+    }
+
+    /// Every function's record in the store, by name.
+    pub(crate) async fn list(&self) -> Result<Vec<FunctionRecord>, ApiError> {
+        let mut records = Vec::new();
+        for path in self.store.list("functions").await? {
+            if let Some(name) = path
+                .strip_prefix("functions/")
+                .and_then(|p| p.strip_suffix(".json"))
+                && let Some(record) = self.read_record(name).await?
+            {
+                records.push(record);
+            }
+        }
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(records)
+    }
+
+    /// Removes `name` (its record; snapshots are content-addressed and kept).
+    /// Returns whether it existed.
+    pub(crate) async fn delete(&self, name: &str) -> Result<bool, ApiError> {
+        let _guard = self.deploy_lock.lock().await;
+        let existed = self.read_record(name).await?.is_some();
+        self.store.delete(&record_path(name)).await?;
+        let in_memory = self.deployed.write().expect("lock").remove(name).is_some();
+        Ok(existed || in_memory)
+    }
+
+    /// Deploys `request` as function `name`: validates it, imports the
+    /// module and snapshots it (a failure here is the caller's 400 and leaves
+    /// the previous version serving), stores the source and the record, and
+    /// serves it — from the compiled snapshot when one exists, else interim
+    /// while it compiles in the background (awaited when `wait`).
+    pub(crate) async fn deploy(
+        self: &Arc<Self>,
+        name: &str,
+        request: DeployRequest,
+        wait: bool,
+    ) -> Result<DeployResponse, ApiError> {
+        let total = Instant::now();
+        let handler = request.handler.unwrap_or_else(|| "handler".to_owned());
+        if !valid_identifier(&handler) {
+            return Err(ApiError::bad_request(format!(
+                "handler {handler:?} is not a Python identifier"
+            )));
+        }
+        let timeout_ms = request.timeout_ms.unwrap_or(self.limits.default_timeout_ms);
+        if !(1..=self.limits.max_timeout_ms).contains(&timeout_ms) {
+            return Err(ApiError::bad_request(format!(
+                "timeout_ms must be between 1 and {}",
+                self.limits.max_timeout_ms
+            )));
+        }
+        let memory_mb = request.memory_mb.unwrap_or(self.limits.default_memory_mb);
+        if !(32..=self.limits.max_memory_mb).contains(&memory_mb) {
+            return Err(ApiError::bad_request(format!(
+                "memory_mb must be between 32 and {}",
+                self.limits.max_memory_mb
+            )));
+        }
+        for key in request.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(ApiError::bad_request(format!(
+                    "environment variable name {key:?} is invalid"
+                )));
+            }
+        }
+        let _guard = self.deploy_lock.lock().await;
+        let source_sha256 = eryx_preinit::sha256_hex(request.source.as_bytes());
+        let previous = self.read_record(name).await?;
+        let record = FunctionRecord {
+            name: name.to_owned(),
+            version: previous.map_or(1, |p| p.version + 1),
+            artifact: self.artifact_key(name, &handler, &request.source),
+            handler,
+            timeout_ms,
+            memory_mb,
+            env: request.env,
+            source_sha256: source_sha256.clone(),
+            source_bytes: request.source.len() as u64,
+            created_unix_ms: eryx_preinit::unix_ms(),
+        };
+        let mut timings_ms = BTreeMap::new();
+        let (deployed, cached, compile, stdout, stderr) =
+            match self.compiled(&record.artifact).await {
+                Some(manifest) => {
+                    let deployed = self
+                        .from_snapshot(record.clone(), &manifest, self.new_slots())
+                        .await?;
+                    (Arc::new(deployed), true, None, String::new(), String::new())
+                }
+                None => {
+                    let pending = self.prepare(record.clone(), &request.source).await?;
+                    timings_ms.insert(
+                        "snapshot_ms".into(),
+                        pending.snapshot.snapshot_time.as_millis() as u64,
+                    );
+                    let (stdout, stderr) = (
+                        pending.snapshot.stdout.clone(),
+                        pending.snapshot.stderr.clone(),
+                    );
+                    let deployed = pending.deployed.clone();
+                    (deployed, false, Some(pending), stdout, stderr)
+                }
+            };
+        self.store
+            .put(
+                &format!("sources/{source_sha256}.py"),
+                request.source.into_bytes(),
+            )
+            .await?;
+        // The record is written last: until then the previous version is
+        // the deployed one, here and for every other replica.
+        let json =
+            serde_json::to_vec_pretty(&record).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.store.put(&record_path(name), json).await?;
+        self.deployed
+            .write()
+            .expect("lock")
+            .insert(name.to_owned(), deployed.clone());
+        drop(_guard);
+        let mut compiled = cached;
+        if let Some(pending) = compile {
+            let task = self.spawn_compile(pending);
+            if wait {
+                let compile_ms = task
+                    .await
+                    .map_err(|e| ApiError::internal(format!("compile task: {e}")))??;
+                timings_ms.insert("compile_ms".into(), compile_ms);
+                compiled = true;
+            }
+        }
+        timings_ms.insert("total_ms".into(), total.elapsed().as_millis() as u64);
+        let mut function = deployed.info();
+        if compiled {
+            function.serving = Some("snapshot".into());
+        }
+        Ok(DeployResponse {
+            function,
+            cached,
+            compiled,
+            timings_ms,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// The content-addressed key of a function's snapshot on this base.
+    fn artifact_key(&self, name: &str, handler: &str, source: &str) -> String {
+        let mut hasher = Sha256::new();
+        for part in [
+            self.base.key.as_str(),
+            FUNCTION_RECIPE,
+            &module_name(name),
+            handler,
+            source,
+        ] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(hasher.finalize())
+    }
+
+    /// The manifest of a compiled snapshot usable by this engine, if stored.
+    async fn compiled(&self, key: &str) -> Option<Manifest> {
+        match self.store.manifest(key).await {
+            Ok(Some(manifest)) if manifest.engine == self.engine.fingerprint() => Some(manifest),
+            _ => None,
+        }
+    }
+
+    fn new_slots(&self) -> Arc<Slots> {
+        Arc::new(Slots::new(
+            self.limits.function_max_concurrency,
+            self.limits.function_max_queue,
+            self.queue_gauge.clone(),
+        ))
+    }
+
+    fn sandbox(
+        &self,
+        runtime: &eryx::Runtime,
+        record: &FunctionRecord,
+    ) -> Result<eryx::Sandbox, ApiError> {
+        let mut sandbox = eryx::Sandbox::builder(runtime)
+            .with_timeout(Duration::from_millis(record.timeout_ms))
+            .with_memory_limit_bytes(record.memory_mb << 20);
+        for (key, value) in &record.env {
+            sandbox = sandbox.with_env(key, value);
+        }
+        sandbox
+            .build()
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// Imports the module and snapshots it (the deploy-time check that it
+    /// imports and defines its handler); returns the interim deployment.
+    async fn prepare(&self, record: FunctionRecord, source: &str) -> Result<Pending, ApiError> {
+        let module_name = module_name(&record.name);
+        let snapshot = self
+            .builder
+            .snapshot(&eryx::FunctionSource {
+                module_name: &module_name,
+                source,
+                handler: &record.handler,
+                import_timeout: IMPORT_TIMEOUT,
+                memory_limit_bytes: Some(record.memory_mb << 20),
+            })
+            .await
+            .map_err(|error| match error {
+                eryx::Error::Timeout { limit } => ApiError::bad_request(format!(
+                    "the module's top-level code ran longer than {} s",
+                    limit.as_secs()
+                )),
+                error => {
+                    let mut api = ApiError::from_eryx(error, StatusCode::BAD_REQUEST);
+                    if api.status == StatusCode::BAD_REQUEST {
+                        api.code = "deploy_failed";
+                        api.message = format!("the module failed to import: {}", api.message);
+                    }
+                    api
+                }
+            })?;
+        let deployed = Deployed {
+            serving: Serving::Interim {
+                sandbox: self.sandbox(&self.base_runtime, &record)?,
+                module_name,
+                source: source.into(),
+            },
+            record,
+            slots: self.new_slots(),
+        };
+        Ok(Pending {
+            deployed: Arc::new(deployed),
+            snapshot,
+        })
+    }
+
+    /// Compiles a pending snapshot in the background, publishes it, and
+    /// switches the function to it if that version is still the deployed
+    /// one. The task's output is the compile time in ms.
+    fn spawn_compile(
+        self: &Arc<Self>,
+        pending: Pending,
+    ) -> tokio::task::JoinHandle<Result<u64, ApiError>> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let name = pending.deployed.record.name.clone();
+            let outcome = this.compile(pending).await;
+            if let Err(error) = &outcome {
+                tracing::error!(
+                    function = name,
+                    "compiling the snapshot failed (still served interim): {}",
+                    error.message
+                );
+            }
+            outcome
+        })
+    }
+
+    async fn compile(&self, pending: Pending) -> Result<u64, ApiError> {
+        let _guard = self.compile_lock.lock().await;
+        let record = &pending.deployed.record;
+        let start = Instant::now();
+        let cwasm = self
+            .builder
+            .compile(pending.snapshot.wasm)
+            .await
+            .map_err(|e| ApiError::internal(format!("compiling function {}: {e}", record.name)))?;
+        let compile_ms = start.elapsed().as_millis() as u64;
+        let manifest = Manifest::new(
+            &record.artifact,
+            &cwasm,
+            &self.engine,
+            BTreeMap::from([
+                ("base".to_owned(), self.base.key.clone()),
+                ("recipe".to_owned(), FUNCTION_RECIPE.to_owned()),
+                ("handler".to_owned(), record.handler.clone()),
+                ("source_sha256".to_owned(), record.source_sha256.clone()),
+            ]),
+            BTreeMap::from([
+                (
+                    "snapshot_ms".to_owned(),
+                    pending.snapshot.snapshot_time.as_millis() as u64,
+                ),
+                ("compile_ms".to_owned(), compile_ms),
+            ]),
+        );
+        self.store.publish(&manifest, cwasm).await?;
+        let deployed = Arc::new(
+            self.from_snapshot(record.clone(), &manifest, pending.deployed.slots.clone())
+                .await?,
+        );
+        let mut map = self.deployed.write().expect("lock");
+        let current = map.get(&record.name);
+        if current.is_some_and(|c| c.record == *record) {
+            map.insert(record.name.clone(), deployed);
+            tracing::info!(
+                function = record.name,
+                version = record.version,
+                compile_ms,
+                "serving from the compiled snapshot"
+            );
+        }
+        Ok(compile_ms)
+    }
+
+    /// Loads a compiled snapshot and makes the deployment that serves
+    /// `record` from it.
+    async fn from_snapshot(
+        &self,
+        record: FunctionRecord,
+        manifest: &Manifest,
+        slots: Arc<Slots>,
+    ) -> Result<Deployed, ApiError> {
+        let path = self.store.fetch(manifest).await?;
+        let runtime = eryx::Runtime::builder()
+            .with_engine(&self.engine)
+            .with_precompiled_file(&path, &manifest.blake3)
+            .with_stdlib_dir(self.base_runtime.stdlib_dir())
+            .build()
+            .map_err(|e| ApiError::internal(format!("loading function {}: {e}", record.name)))?;
+        Ok(Deployed {
+            serving: Serving::Snapshot(self.sandbox(&runtime, &record)?),
+            record,
+            slots,
+        })
+    }
+}

@@ -1,0 +1,53 @@
+//! # eryx gateway
+//!
+//! An HTTP server (hyper 1 on tokio) that deploys Python functions and runs
+//! every invocation in a fresh, isolated WebAssembly instance of CPython,
+//! made from a per-function snapshot in about a millisecond.
+//!
+//! Routes: `PUT/GET/DELETE /v1/functions/{name}`, `GET /v1/functions`,
+//! `POST /v1/functions/{name}/invoke`, `/healthz`, `/readyz`, `/metrics`
+//! (Prometheus) and `/openapi.json`; see [`openapi_document`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), eryx_gateway::Error> {
+//! let gateway = eryx_gateway::Gateway::start(eryx_gateway::Config::new()).await?;
+//! gateway.ready().await?;
+//! println!("serving on http://{}", gateway.local_addr());
+//! gateway.run_until_signal().await;
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod config;
+mod error;
+mod functions;
+mod limits;
+mod metrics;
+mod openapi;
+mod server;
+
+pub use api::{INCLUDE_OUTPUT, REQUEST_ID};
+pub use config::{Config, Limits};
+pub use error::{ErrorBody, ErrorDetail};
+pub use functions::{DeployRequest, DeployResponse, FunctionInfo, FunctionRecord};
+pub use server::Gateway;
+
+/// The OpenAPI 3.1 document of the gateway's HTTP API, as JSON.
+pub fn openapi_document() -> String {
+    openapi::document()
+}
+
+/// Why the gateway could not start or serve.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is unusable (e.g. a public address without tokens).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Start-up (building or loading the base runtime) failed.
+    #[error("start-up: {0}")]
+    Startup(String),
+    /// Binding or accepting failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,14 +1,10 @@
 //! Artifacts: content-addressed keys, verification before loading, the S3
 //! store against a real S3-compatible server, and pre-initialized instances.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use eryx_preinit::{ArtifactStore, LogProgress, Origin};
-use eryx_tests::{engine, run};
+use eryx_tests::{S3Server, engine, run};
 
 /// A store in a temporary directory, seeded with the base artifact the
 /// harness already built (so tests that tamper with it need not build first).
@@ -203,72 +199,6 @@ async fn pre_initialized_instances_start_with_modules_loaded() {
         result.result.as_deref(),
         Some("['asyncio', 'decimal', 'json', 're']")
     );
-}
-
-/// A moto S3 server on an ephemeral loopback port, stopped on drop.
-struct S3Server {
-    child: Child,
-    port: u16,
-}
-
-impl S3Server {
-    fn start() -> S3Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto's S3 server (.ci/run installs moto[server])");
-        let server = S3Server { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the S3 server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    fn create_bucket(&self, bucket: &str) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            stream,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    }
-
-    fn options(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("aws_endpoint", format!("http://127.0.0.1:{}", self.port)),
-            ("aws_allow_http", "true".into()),
-            ("aws_access_key_id", "eryx-test".into()),
-            ("aws_secret_access_key", "eryx-test".into()),
-            ("aws_region", "us-east-1".into()),
-        ]
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,12 @@
 //!
 //! Every test runs real CPython 3.14 in real wasm instances; nothing is mocked.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The runtime every test in this process shares: the base artifact from the
 /// default data directory's store (built on first use), on a small pool.
@@ -90,5 +95,226 @@ pub async fn run_err(code: &str) -> eryx::Error {
     match sandbox().execute(code).await {
         Ok(result) => panic!("expected an error, got {result:?}"),
         Err(error) => error,
+    }
+}
+
+/// A moto S3 server on an ephemeral loopback port, stopped on drop.
+pub struct S3Server {
+    child: Child,
+    port: u16,
+}
+
+impl S3Server {
+    /// Starts the server and waits until it accepts connections.
+    ///
+    /// # Panics
+    /// When moto is not installed or does not start within 30 s.
+    pub fn start() -> S3Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto's S3 server (.ci/run installs moto[server])");
+        let server = S3Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the S3 server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// Creates `bucket`.
+    ///
+    /// # Panics
+    /// When the server refuses.
+    pub fn create_bucket(&self, bucket: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+
+    /// `object_store` S3 settings that reach this server.
+    pub fn options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("aws_endpoint", format!("http://127.0.0.1:{}", self.port)),
+            ("aws_allow_http", "true".into()),
+            ("aws_access_key_id", "eryx-test".into()),
+            ("aws_secret_access_key", "eryx-test".into()),
+            ("aws_region", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway on an ephemeral loopback port with a store of its own, and an
+/// HTTP client for it.
+pub struct TestGateway {
+    /// The running gateway.
+    pub gateway: eryx_gateway::Gateway,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// A real HTTP client (reqwest).
+    pub client: reqwest::Client,
+    /// The gateway's store directory (removed on drop).
+    pub store: tempfile::TempDir,
+}
+
+/// Links the base artifacts of the default store into `store` (a directory),
+/// so a gateway on it starts from the already built base instead of
+/// building its own (artifacts are content-addressed, so sharing is safe).
+///
+/// # Panics
+/// When the base artifact cannot be built or the files linked.
+pub fn seed_store(store: &Path) {
+    runtime();
+    let data_dir = eryx_preinit::default_data_dir();
+    let source = Path::new(&eryx_preinit::default_store_location(&data_dir)).join("artifacts");
+    let target = store.join("artifacts");
+    std::fs::create_dir_all(&target).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        let to = target.join(entry.file_name());
+        if !to.exists() {
+            std::fs::hard_link(entry.path(), &to)
+                .or_else(|_| std::fs::copy(entry.path(), &to).map(|_| ()))
+                .unwrap();
+        }
+    }
+}
+
+impl TestGateway {
+    /// Starts a gateway with `config` (its listen address and store are
+    /// replaced by an ephemeral port and a fresh seeded directory) and waits
+    /// until it is ready.
+    ///
+    /// # Panics
+    /// When it does not start.
+    pub async fn start(config: eryx_gateway::Config) -> TestGateway {
+        let store = tempfile::tempdir().unwrap();
+        seed_store(store.path());
+        TestGateway::start_on(config, store).await
+    }
+
+    /// Like [`start`](Self::start) on an existing store directory.
+    ///
+    /// # Panics
+    /// When it does not start.
+    pub async fn start_on(config: eryx_gateway::Config, store: tempfile::TempDir) -> TestGateway {
+        let config = config
+            .with_listen("127.0.0.1:0".parse().unwrap())
+            .with_store(store.path().to_str().unwrap());
+        let gateway = eryx_gateway::Gateway::start(config)
+            .await
+            .expect("gateway start");
+        gateway.ready().await.expect("gateway ready");
+        TestGateway {
+            url: format!("http://{}", gateway.local_addr()),
+            gateway,
+            client: reqwest::Client::new(),
+            store,
+        }
+    }
+
+    /// Deploys `source` as `name` with extra JSON settings merged in
+    /// (`timeout_ms`, `memory_mb`, `env`, `handler`); returns status and body.
+    pub async fn deploy_with(
+        &self,
+        name: &str,
+        source: &str,
+        settings: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let mut body = serde_json::json!({ "source": source });
+        if let serde_json::Value::Object(extra) = settings {
+            body.as_object_mut().unwrap().extend(extra);
+        }
+        let response = self
+            .client
+            .put(format!("{}/v1/functions/{name}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Deploys `source` as `name` (as `text/x-python`) and asserts 201.
+    pub async fn deploy(&self, name: &str, source: &str) -> serde_json::Value {
+        let response = self
+            .client
+            .put(format!("{}/v1/functions/{name}", self.url))
+            .header("content-type", "text/x-python")
+            .body(source.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "deploy {name}: {body:#}");
+        body
+    }
+
+    /// Invokes `name` with `event`; returns status and JSON body.
+    pub async fn invoke(&self, name: &str, event: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(format!("{}/v1/functions/{name}/invoke", self.url))
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Waits (up to 120 s) until `name` is served from its compiled snapshot.
+    ///
+    /// # Panics
+    /// When it is not by then.
+    pub async fn wait_compiled(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let info: serde_json::Value = self
+                .client
+                .get(format!("{}/v1/functions/{name}", self.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if info["serving"] == "snapshot" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} never compiled: {info}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

@@ -1,0 +1,203 @@
+//! Gateway benchmark: invocations of the hello function over loopback HTTP,
+//! a fresh instance per request, side by side with `/healthz` (the same
+//! server, client and connections without Python), at concurrency 1, 8 and
+//! 64; and the time to deploy a function.
+//!
+//! A load test rather than a criterion benchmark (criterion times one
+//! routine at a time; here latency percentiles and throughput under
+//! concurrency are the point). Run with
+//! `cargo bench -p eryx-benches --bench gateway`; figures in README.md.
+//! `ERYX_BENCH_SECONDS` sets the duration of each load step (default 5).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use eryx_tests::TestGateway;
+
+const HELLO: &str = include_str!("../examples/functions/hello.py");
+
+struct Step {
+    name: String,
+    concurrency: usize,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: usize,
+}
+
+impl Step {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1);
+        sorted.get(index).copied().unwrap_or_default()
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Sends requests from `concurrency` workers for `seconds`, each worker
+/// waiting for its answer before sending the next.
+async fn load(
+    client: &reqwest::Client,
+    name: &str,
+    request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync + 'static,
+    concurrency: usize,
+    seconds: f64,
+) -> Step {
+    let request = Arc::new(request);
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, request, stop) = (client.clone(), request.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let begun = Instant::now();
+                    match request(&client).send().await {
+                        Ok(response) if response.status().is_success() => {
+                            let _ = response.bytes().await;
+                            latencies.push(begun.elapsed());
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut step = Step {
+        name: name.to_owned(),
+        concurrency,
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+        errors: 0,
+    };
+    for worker in workers {
+        let (latencies, errors) = worker.await.unwrap();
+        step.latencies.extend(latencies);
+        step.errors += errors;
+    }
+    step.elapsed = start.elapsed();
+    step
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    let seconds: f64 = std::env::var("ERYX_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let mut limits = eryx_gateway::Limits::default();
+        limits.max_concurrency = 64;
+        limits.function_max_concurrency = 64;
+        let gw = TestGateway::start(eryx_gateway::Config::new().with_limits(limits)).await;
+
+        // Deploy time: a source never seen before (so nothing is cached but
+        // the compile cache), measured three times.
+        println!("deploy (new source each time; compile cache warm from the base):");
+        for i in 0..3 {
+            let nonce = format!(
+                "# nonce {} {}\n",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            );
+            let source = format!("{nonce}{HELLO}");
+            let begun = Instant::now();
+            let response = gw
+                .client
+                .put(format!("{}/v1/functions/deploy-{i}?wait=true", gw.url))
+                .body(source)
+                .send()
+                .await
+                .unwrap();
+            let body: serde_json::Value = response.json().await.unwrap();
+            println!(
+                "  deploy {i}: serving after {} ms (import + snapshot), compiled snapshot after {:.0} ms (compile {} ms); client saw {:.0} ms",
+                body["timings_ms"]["snapshot_ms"],
+                ms(begun.elapsed()),
+                body["timings_ms"]["compile_ms"],
+                ms(begun.elapsed()),
+            );
+        }
+
+        let response = gw
+            .client
+            .put(format!("{}/v1/functions/hello?wait=true", gw.url))
+            .body(HELLO)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        let invoke_url = format!("{}/v1/functions/hello/invoke", gw.url);
+        let health_url = format!("{}/healthz", gw.url);
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(128)
+            .build()
+            .unwrap();
+        // Warm up connections and code paths.
+        load(&client, "warm-up", move |c| c.get(health_url.clone()), 8, 0.5).await;
+        let health_url = format!("{}/healthz", gw.url);
+
+        println!(
+            "\n{:<10} {:>5} {:>10} {:>10} {:>10} {:>8}",
+            "request", "conc", "p50 ms", "p99 ms", "req/s", "errors"
+        );
+        for concurrency in [1, 8, 64] {
+            let url = health_url.clone();
+            let health = load(&client, "healthz", move |c| c.get(url.clone()), concurrency, seconds).await;
+            let url = invoke_url.clone();
+            let invoke = load(
+                &client,
+                "invoke",
+                move |c| {
+                    c.post(url.clone())
+                        .header("content-type", "application/json")
+                        .body(r#"{"name": "bench"}"#)
+                },
+                concurrency,
+                seconds,
+            )
+            .await;
+            for step in [&health, &invoke] {
+                println!(
+                    "{:<10} {:>5} {:>10.3} {:>10.3} {:>10.0} {:>8}",
+                    step.name,
+                    step.concurrency,
+                    ms(step.percentile(0.5)),
+                    ms(step.percentile(0.99)),
+                    step.rate(),
+                    step.errors
+                );
+            }
+            println!(
+                "{:<10} {:>5} {:>10.3} {:>10.3} {:>10.2}x",
+                "Python +",
+                concurrency,
+                ms(invoke.percentile(0.5)) - ms(health.percentile(0.5)),
+                ms(invoke.percentile(0.99)) - ms(health.percentile(0.99)),
+                health.rate() / invoke.rate(),
+            );
+        }
+        let TestGateway { gateway, .. } = gw;
+        gateway.shutdown().await;
+    });
+}

@@ -1,0 +1,679 @@
+//! The gateway over real HTTP: a real server on an ephemeral port, a real
+//! client (reqwest), real CPython in a fresh wasm instance per request.
+
+use std::time::{Duration, Instant};
+
+use eryx_gateway::{Config, Limits};
+use eryx_tests::{S3Server, TestGateway, seed_store};
+use serde_json::json;
+
+const HELLO: &str = include_str!("../examples/functions/hello.py");
+
+/// Increments a module global on every call and returns it: a fresh instance
+/// per request always answers 1.
+const COUNTER: &str = r#"
+CALLS = []
+COUNT = 0
+
+def handler(event, context):
+    global COUNT
+    COUNT += 1
+    CALLS.append(event)
+    return {"count": COUNT, "calls": CALLS, "request_id": context.request_id}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_invoke_list_redeploy_delete() {
+    let gw = TestGateway::start(Config::new()).await;
+    let deployed = gw.deploy("hello", HELLO).await;
+    assert_eq!(deployed["function"]["version"], 1);
+    // Built now, or found already compiled (snapshots are content-addressed
+    // and the test store is seeded from the shared one).
+    assert!(
+        deployed["timings_ms"]["snapshot_ms"].is_u64() || deployed["cached"] == true,
+        "{deployed}"
+    );
+
+    let (status, body) = gw.invoke("hello", json!({"name": "eryx"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"], "Hello, eryx!");
+
+    let list: serde_json::Value = gw
+        .client
+        .get(format!("{}/v1/functions", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello"]);
+
+    // Redeploy: the new version answers at once.
+    let redeployed = gw
+        .deploy(
+            "hello",
+            "def handler(event, context):\n    return {'message': 'v2', 'version': context.function_version}\n",
+        )
+        .await;
+    assert_eq!(redeployed["function"]["version"], 2);
+    let (status, body) = gw.invoke("hello", json!(null)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"message": "v2", "version": 2}));
+    let info: serde_json::Value = gw
+        .client
+        .get(format!("{}/v1/functions/hello", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["version"], 2);
+
+    let deleted = gw
+        .client
+        .delete(format!("{}/v1/functions/hello", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    let (status, body) = gw.invoke("hello", json!(null)).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    let again = gw
+        .client
+        .delete(format!("{}/v1/functions/hello", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_globals_do_not_leak_between_requests() {
+    let gw = TestGateway::start(Config::new()).await;
+    gw.deploy("counter", COUNTER).await;
+    // Served before its snapshot is compiled (module imported per request)...
+    for i in 0..3 {
+        let (status, body) = gw.invoke("counter", json!({"i": i})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["count"], 1, "{body}");
+        assert_eq!(body["calls"], json!([{"i": i}]));
+    }
+    // ...and from the compiled per-function snapshot.
+    gw.wait_compiled("counter").await;
+    for i in 0..3 {
+        let (status, body) = gw.invoke("counter", json!({"i": i})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["count"], 1, "{body}");
+        assert_eq!(body["calls"], json!([{"i": i}]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_invocations_succeed_and_are_isolated() {
+    let gw = TestGateway::start(Config::new()).await;
+    let deployed = gw
+        .client
+        .put(format!("{}/v1/functions/counter?wait=true", gw.url))
+        .body(COUNTER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deployed.status().as_u16(), 201);
+    let deployed: serde_json::Value = deployed.json().await.unwrap();
+    assert_eq!(deployed["compiled"], true, "{deployed}");
+    assert_eq!(deployed["function"]["serving"], "snapshot");
+
+    let calls = (0..100).map(|i| gw.invoke("counter", json!({"i": i})));
+    let results = futures::future::join_all(calls).await;
+    let mut request_ids = std::collections::HashSet::new();
+    for (i, (status, body)) in results.into_iter().enumerate() {
+        assert_eq!(status, 200, "call {i}: {body}");
+        assert_eq!(
+            body["count"], 1,
+            "call {i} saw another call's state: {body}"
+        );
+        assert_eq!(body["calls"], json!([{"i": i}]));
+        assert!(request_ids.insert(body["request_id"].as_str().unwrap().to_owned()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exception_is_500_with_traceback_and_output() {
+    let gw = TestGateway::start(Config::new()).await;
+    gw.deploy(
+        "divide",
+        "def handler(event, context):\n    print('dividing')\n    return 1 / event['by']\n",
+    )
+    .await;
+    let (status, body) = gw.invoke("divide", json!({"by": 0})).await;
+    assert_eq!(status, 500, "{body}");
+    let error = &body["error"];
+    assert_eq!(error["code"], "python_exception");
+    assert_eq!(error["type"], "ZeroDivisionError");
+    assert_eq!(error["message"], "ZeroDivisionError: division by zero");
+    let traceback = error["traceback"].as_str().unwrap();
+    assert!(
+        traceback.contains("File \"divide.py\", line 3, in handler"),
+        "{traceback}"
+    );
+    assert!(traceback.contains("return 1 / event['by']"), "{traceback}");
+    assert_eq!(error["stdout"], "dividing\n");
+    assert!(error["request_id"].is_string());
+    // The function keeps serving.
+    let (status, body) = gw.invoke("divide", json!({"by": 4})).await;
+    assert_eq!((status, body), (200, json!(0.25)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_loop_times_out_while_other_requests_are_served() {
+    let gw = TestGateway::start(Config::new()).await;
+    let (status, body) = gw
+        .deploy_with(
+            "spin",
+            "def handler(event, context):\n    while True:\n        pass\n",
+            json!({"timeout_ms": 1500}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    gw.deploy("hello", HELLO).await;
+    gw.wait_compiled("spin").await;
+    gw.wait_compiled("hello").await;
+
+    let start = Instant::now();
+    let spinning = gw.invoke("spin", json!(null));
+    let others = async {
+        // While the loop runs, other requests are answered promptly.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..5 {
+            let begun = Instant::now();
+            let (status, body) = gw.invoke("hello", json!({"name": "x"})).await;
+            assert_eq!(status, 200, "{body}");
+            assert!(
+                begun.elapsed() < Duration::from_millis(1000),
+                "a request took {:?} while another spun",
+                begun.elapsed()
+            );
+        }
+    };
+    let ((status, body), ()) = tokio::join!(spinning, others);
+    let elapsed = start.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "timeout");
+    assert!(
+        elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_millis(2500),
+        "timed out after {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_fails_alone() {
+    let gw = TestGateway::start(Config::new()).await;
+    let (status, body) = gw
+        .deploy_with(
+            "bomb",
+            "def handler(event, context):\n    hoard = []\n    while True:\n        hoard.append(bytearray(1 << 20))\n",
+            json!({"memory_mb": 64}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    gw.deploy("hello", HELLO).await;
+    let bomb = gw.invoke("bomb", json!(null));
+    let others =
+        futures::future::join_all((0..4).map(|_| gw.invoke("hello", json!({"name": "y"}))));
+    let ((status, body), others) = tokio::join!(bomb, others);
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "memory_limit", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("64 MiB")
+    );
+    for (status, body) in others {
+        assert_eq!(status, 200, "{body}");
+    }
+    // The bomb's function still serves the next request (fresh instance).
+    let (status, _) = gw.invoke("bomb", json!(null)).await;
+    assert_eq!(status, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_and_bad_requests_get_clear_errors() {
+    let mut limits = Limits::default();
+    limits.max_body_bytes = 4096;
+    let gw = TestGateway::start(Config::new().with_limits(limits)).await;
+    gw.deploy("hello", HELLO).await;
+
+    let big = format!("{{\"name\": \"{}\"}}", "a".repeat(10_000));
+    let response = gw
+        .client
+        .post(format!("{}/v1/functions/hello/invoke", gw.url))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    // A deploy too large is refused the same way, and nothing changes.
+    let response = gw
+        .client
+        .put(format!("{}/v1/functions/hello", gw.url))
+        .body(format!(
+            "X = '{}'\ndef handler(e, c):\n    return 1\n",
+            "b".repeat(10_000)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+
+    let response = gw
+        .client
+        .post(format!("{}/v1/functions/hello/invoke", gw.url))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let (status, body) = gw.invoke("nothing-here", json!(null)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = gw.deploy_with("Bad_Name", HELLO, json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let (status, body) = gw
+        .deploy_with("hello", HELLO, json!({"timeout_ms": 0}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // Still version 1, still answering.
+    let (status, body) = gw.invoke("hello", json!({"name": "z"})).await;
+    assert_eq!((status, body["message"].as_str()), (200, Some("Hello, z!")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_required_and_scoped() {
+    let config = Config::new()
+        .with_admin_token("admin-secret")
+        .with_invoke_token("invoke-secret");
+    let gw = TestGateway::start(config).await;
+    let put = |token: Option<&str>| {
+        let request = gw
+            .client
+            .put(format!("{}/v1/functions/hello", gw.url))
+            .body(HELLO);
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+        .send()
+    };
+    let missing = put(None).await.unwrap();
+    assert_eq!(missing.status().as_u16(), 401);
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    assert_eq!(put(Some("wrong")).await.unwrap().status().as_u16(), 401);
+    assert_eq!(
+        put(Some("invoke-secret")).await.unwrap().status().as_u16(),
+        403
+    );
+    assert_eq!(
+        put(Some("admin-secret")).await.unwrap().status().as_u16(),
+        201
+    );
+
+    let invoke = |token: &'static str| {
+        gw.client
+            .post(format!("{}/v1/functions/hello/invoke", gw.url))
+            .bearer_auth(token)
+            .json(&json!({"name": "t"}))
+            .send()
+    };
+    assert_eq!(
+        invoke("invoke-secret").await.unwrap().status().as_u16(),
+        200
+    );
+    assert_eq!(invoke("admin-secret").await.unwrap().status().as_u16(), 200);
+    assert_eq!(invoke("wrong").await.unwrap().status().as_u16(), 401);
+    let listed = gw
+        .client
+        .get(format!("{}/v1/functions", gw.url))
+        .bearer_auth("invoke-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status().as_u16(), 403);
+    // Health needs no token.
+    let health = gw
+        .client
+        .get(format!("{}/healthz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_address_without_tokens_is_refused() {
+    let config = Config::new().with_listen("0.0.0.0:0".parse().unwrap());
+    match eryx_gateway::Gateway::start(config).await {
+        Err(eryx_gateway::Error::Config(message)) => {
+            assert!(message.contains("without tokens"), "{message}")
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deploys_keep_the_previous_version() {
+    let gw = TestGateway::start(Config::new()).await;
+    gw.deploy("hello", HELLO).await;
+
+    let (status, body) = gw
+        .deploy_with(
+            "hello",
+            "def handler(event, context:\n    return 1\n",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "deploy_failed");
+    assert_eq!(body["error"]["type"], "SyntaxError");
+    assert!(
+        body["error"]["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("hello.py")
+    );
+
+    let (status, body) = gw
+        .deploy_with(
+            "hello",
+            "import json\nCONFIG = json.loads('{broken')\ndef handler(e, c):\n    return 1\n",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["type"], "json.decoder.JSONDecodeError");
+    assert!(
+        body["error"]["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("line 2"),
+        "{body}"
+    );
+
+    let (status, body) = gw
+        .deploy_with(
+            "hello",
+            "def not_the_handler(e, c):\n    return 1\n",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["type"], "eryx.HandlerNotFound");
+
+    let (status, body) = gw.invoke("hello", json!({"name": "still v1"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"], "Hello, still v1!");
+    let info: serde_json::Value = gw
+        .client
+        .get(format!("{}/v1/functions/hello", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_parses_and_lists_every_route() {
+    let gw = TestGateway::start(Config::new()).await;
+    let document: serde_json::Value = gw
+        .client
+        .get(format!("{}/openapi.json", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = document["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/healthz", &["get"][..]),
+        ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
+        ("/openapi.json", &["get"]),
+        ("/v1/functions", &["get"]),
+        ("/v1/functions/{name}", &["get", "put", "delete"]),
+        ("/v1/functions/{name}/invoke", &["post"]),
+    ] {
+        let item = paths
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} missing from {:?}", paths.keys()));
+        for method in methods {
+            assert!(item.get(*method).is_some(), "{method} {path} missing");
+        }
+    }
+    assert_eq!(paths.len(), 7, "{:?}", paths.keys());
+    assert!(document["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+    // The same document is available without a server.
+    let offline: serde_json::Value =
+        serde_json::from_str(&eryx_gateway::openapi_document()).unwrap();
+    assert_eq!(offline, document);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_endpoints_request_ids_and_output() {
+    let gw = TestGateway::start(Config::new()).await;
+    for path in ["healthz", "readyz"] {
+        let response = gw
+            .client
+            .get(format!("{}/{path}", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(response.headers().contains_key("x-request-id"));
+    }
+    gw.deploy(
+        "chatty",
+        "import sys\ndef handler(event, context):\n    print('to stdout')\n    print('to stderr', file=sys.stderr)\n    return {'id': context.request_id, 'left': context.remaining_time_ms() > 0}\n",
+    )
+    .await;
+    let response = gw
+        .client
+        .post(format!(
+            "{}/v1/functions/chatty/invoke?include_output=true",
+            gw.url
+        ))
+        .header("x-request-id", "my-request-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "my-request-1");
+    assert!(response.headers().contains_key("server-timing"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"result": {"id": "my-request-1", "left": true}, "stdout": "to stdout\n", "stderr": "to stderr\n"})
+    );
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for metric in [
+        "eryx_invocations_total{function=\"chatty\",outcome=\"ok\"} 1",
+        "eryx_invocation_duration_seconds_bucket",
+        "eryx_instance_create_seconds_count",
+        "eryx_queue_depth",
+        "eryx_deploys_total{outcome=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(metric), "{metric} not in:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_handlers_are_awaited() {
+    let gw = TestGateway::start(Config::new()).await;
+    gw.deploy("fanout", include_str!("../examples/functions/fanout.py"))
+        .await;
+    let (status, body) = gw.invoke("fanout", json!({"items": [1, 2, 3]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"], json!([2, 4, 6]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests_and_restart_keeps_functions() {
+    let gw = TestGateway::start(Config::new()).await;
+    gw.deploy(
+        "slow",
+        "import time\ndef handler(event, context):\n    time.sleep(1)\n    return 'done'\n",
+    )
+    .await;
+    let url = format!("{}/v1/functions/slow/invoke", gw.url);
+    let client = gw.client.clone();
+    let in_flight = tokio::spawn(async move { client.post(url).send().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let TestGateway { gateway, store, .. } = gw;
+    gateway.shutdown().await;
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request was answered");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.text().await.unwrap(), "\"done\"");
+
+    // A new gateway on the same store serves the function deployed before.
+    let gw = TestGateway::start_on(Config::new(), store).await;
+    let info: serde_json::Value = gw
+        .client
+        .get(format!("{}/v1/functions/slow", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["version"], 1, "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_functions_through_s3_and_survive_its_outage() {
+    let server = S3Server::start();
+    server.create_bucket("eryx-gateway");
+    let location = "s3://eryx-gateway/prod";
+    // Seed the bucket with the base artifact (as `eryx build --store` would).
+    let seeded = tempfile::tempdir().unwrap();
+    seed_store(seeded.path());
+    let cache = tempfile::tempdir().unwrap();
+    let store =
+        eryx_preinit::ArtifactStore::open_with_options(location, cache.path(), server.options())
+            .unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(seeded.path().join("artifacts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    // Manifests last: they publish.
+    names.sort_by_key(|n| n.ends_with(".json"));
+    for name in names {
+        let bytes = std::fs::read(seeded.path().join("artifacts").join(&name)).unwrap();
+        store
+            .put(&format!("artifacts/{name}"), bytes)
+            .await
+            .unwrap();
+    }
+
+    let s3_config = || {
+        let mut config = Config::new().with_store(location);
+        for (key, value) in server.options() {
+            config = config.with_store_option(key, value);
+        }
+        config
+    };
+    let start = |config: Config| async move {
+        let gateway =
+            eryx_gateway::Gateway::start(config.with_listen("127.0.0.1:0".parse().unwrap()))
+                .await
+                .unwrap();
+        gateway.ready().await.unwrap();
+        let url = format!("http://{}", gateway.local_addr());
+        (gateway, url)
+    };
+    let (first, first_url) = start(s3_config()).await;
+    let (second, second_url) = start(s3_config()).await;
+    let client = reqwest::Client::new();
+    let deployed = client
+        .put(format!("{first_url}/v1/functions/hello?wait=true"))
+        .body(HELLO)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deployed.status().as_u16(), 201);
+    // The other replica finds it in S3 and serves it.
+    let response = client
+        .post(format!("{second_url}/v1/functions/hello/invoke"))
+        .json(&json!({"name": "replica"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["message"], "Hello, replica!");
+
+    // S3 goes away: loaded functions keep serving; store operations fail
+    // with a clear, retryable error; nothing crashes.
+    drop(server);
+    let response = client
+        .post(format!("{first_url}/v1/functions/hello/invoke"))
+        .json(&json!({"name": "offline"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let began = Instant::now();
+    let response = client
+        .put(format!("{first_url}/v1/functions/other"))
+        .body(HELLO)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    assert!(
+        began.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        began.elapsed()
+    );
+    let health = client
+        .get(format!("{second_url}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    first.shutdown().await;
+    second.shutdown().await;
+}

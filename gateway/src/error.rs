@@ -46,7 +46,7 @@ pub struct ApiError {
     /// See [`ErrorDetail::message`].
     pub message: String,
     /// The Python exception, when there is one.
-    pub python: Option<eryx::PythonError>,
+    pub python: Option<Box<eryx::PythonError>>,
     /// Seconds for a `Retry-After` header (overload responses).
     pub retry_after: Option<u64>,
 }
@@ -108,12 +108,12 @@ impl ApiError {
         match error {
             eryx::Error::Exception(python) => ApiError {
                 message: python.to_string(),
-                python: Some(python),
+                python: Some(Box::new(python)),
                 ..ApiError::new(python_status, "python_exception", "")
             },
             eryx::Error::Compile(python) => ApiError {
                 message: python.to_string(),
-                python: Some(python),
+                python: Some(Box::new(python)),
                 ..ApiError::new(python_status, "python_syntax_error", "")
             },
             eryx::Error::Exit {
@@ -126,7 +126,7 @@ impl ApiError {
                     "the code called sys.exit({})",
                     message.unwrap_or_else(|| code.to_string())
                 ),
-                python: Some(python_exit(stdout, stderr)),
+                python: Some(Box::new(python_exit(stdout, stderr))),
                 ..ApiError::new(python_status, "python_exit", "")
             },
             error @ eryx::Error::Timeout { .. } => {

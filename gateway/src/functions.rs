@@ -325,7 +325,7 @@ impl Functions {
         let deployed = match self.compiled(&record.artifact).await {
             Some(manifest) => {
                 let slots = self.new_slots();
-                Arc::new(self.from_snapshot(record, &manifest, slots).await?)
+                Arc::new(self.serve_snapshot(record, &manifest, slots).await?)
             }
             None => {
                 let source = self
@@ -445,7 +445,7 @@ impl Functions {
             match self.compiled(&record.artifact).await {
                 Some(manifest) => {
                     let deployed = self
-                        .from_snapshot(record.clone(), &manifest, self.new_slots())
+                        .serve_snapshot(record.clone(), &manifest, self.new_slots())
                         .await?;
                     (Arc::new(deployed), true, None, String::new(), String::new())
                 }
@@ -648,7 +648,7 @@ impl Functions {
         );
         self.store.publish(&manifest, cwasm).await?;
         let deployed = Arc::new(
-            self.from_snapshot(record.clone(), &manifest, pending.deployed.slots.clone())
+            self.serve_snapshot(record.clone(), &manifest, pending.deployed.slots.clone())
                 .await?,
         );
         let mut map = self.deployed.write().expect("lock");
@@ -667,7 +667,7 @@ impl Functions {
 
     /// Loads a compiled snapshot and makes the deployment that serves
     /// `record` from it.
-    async fn from_snapshot(
+    async fn serve_snapshot(
         &self,
         record: FunctionRecord,
         manifest: &Manifest,

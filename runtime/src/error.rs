@@ -70,7 +70,7 @@ pub enum Error {
         limit_bytes: u64,
         /// The Python `MemoryError` it raised, when it raised one (rather than
         /// trapping).
-        error: Option<PythonError>,
+        error: Option<Box<PythonError>>,
     },
     /// The WebAssembly instance trapped (a guest crash or a limit hit).
     #[error("the sandbox trapped: {0}")]

@@ -168,7 +168,7 @@ impl FunctionBuilder {
                     {
                         Error::MemoryLimit {
                             limit_bytes: memory_hit.unwrap_or(0),
-                            error: Some(python),
+                            error: Some(Box::new(python)),
                         }
                     }
                     error => error,

@@ -333,7 +333,7 @@ impl Session {
                     {
                         Error::MemoryLimit {
                             limit_bytes,
-                            error: Some(python),
+                            error: Some(Box::new(python)),
                         }
                     }
                     (error, _) => error,

@@ -92,6 +92,59 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Compiles one per-function snapshot twice, side by side: on an engine
+/// with the compile cache (warm from the base) and on one without.
+async fn compile_with_and_without_cache() {
+    let data_dir = eryx_preinit::default_data_dir();
+    let cache_dir = eryx_preinit::cache_dir(&data_dir);
+    let store = eryx_preinit::ArtifactStore::open(
+        &eryx_preinit::default_store_location(&data_dir),
+        &cache_dir,
+    )
+    .unwrap();
+    let cached = eryx::Engine::new(
+        eryx::EngineOptions::default()
+            .with_pool_size(4)
+            .with_compile_cache_dir(cache_dir.join("compile")),
+    )
+    .unwrap();
+    let (runtime, report) = eryx_preinit::ensure_runtime(
+        &data_dir,
+        &store,
+        &cached,
+        &eryx_preinit::LogProgress,
+    )
+    .await
+    .unwrap();
+    let base = std::fs::read(store.fetch_snapshot(&report.manifest).await.unwrap()).unwrap();
+    let builder = eryx::FunctionBuilder::new(&cached, base, runtime.stdlib_dir()).unwrap();
+    let snapshot = builder
+        .snapshot(&eryx::FunctionSource {
+            module_name: "hello",
+            source: HELLO,
+            handler: "handler",
+            import_timeout: Duration::from_secs(30),
+            memory_limit_bytes: None,
+        })
+        .await
+        .unwrap();
+    let plain = eryx::Engine::new(eryx::EngineOptions::default().with_pool_size(4)).unwrap();
+    println!(
+        "function snapshot: import + snapshot {:.0} ms, {:.1} MB",
+        ms(snapshot.snapshot_time),
+        snapshot.wasm.len() as f64 / 1e6
+    );
+    for (name, engine) in [("without compile cache", &plain), ("with compile cache", &cached)] {
+        let begun = Instant::now();
+        let cwasm = engine.precompile(&snapshot.wasm).unwrap();
+        println!(
+            "  compile {name}: {:.0} ms ({:.1} MB)",
+            ms(begun.elapsed()),
+            cwasm.len() as f64 / 1e6
+        );
+    }
+}
+
 fn main() {
     let seconds: f64 = std::env::var("ERYX_BENCH_SECONDS")
         .ok()
@@ -103,6 +156,7 @@ fn main() {
         .build()
         .unwrap();
     tokio.block_on(async {
+        compile_with_and_without_cache().await;
         let mut limits = eryx_gateway::Limits::default();
         limits.max_concurrency = 64;
         limits.function_max_concurrency = 64;

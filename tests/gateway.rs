@@ -250,8 +250,39 @@ async fn memory_bomb_fails_alone() {
 async fn oversized_bodies_and_bad_requests_get_clear_errors() {
     let mut limits = Limits::default();
     limits.max_body_bytes = 4096;
+    limits.header_read_timeout = Duration::from_millis(500);
     let gw = TestGateway::start(Config::new().with_limits(limits)).await;
     gw.deploy("hello", HELLO).await;
+
+    // A request head over the 16 KiB limit: 431 from hyper.
+    let response = gw
+        .client
+        .get(format!("{}/healthz", gw.url))
+        .header("x-padding", "p".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 431);
+    // A client that never finishes its head is cut off after the timeout.
+    let addr = gw.gateway.local_addr();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut slow = std::net::TcpStream::connect(addr).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let mut rest = Vec::new();
+        // Ends (EOF or reset) well before the 5 s read timeout.
+        match slow.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) => assert_ne!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock,
+                "the connection was kept open past the header read timeout"
+            ),
+        }
+    })
+    .await
+    .unwrap();
 
     let big = format!("{{\"name\": \"{}\"}}", "a".repeat(10_000));
     let response = gw

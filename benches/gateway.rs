@@ -108,14 +108,10 @@ async fn compile_with_and_without_cache() {
             .with_compile_cache_dir(cache_dir.join("compile")),
     )
     .unwrap();
-    let (runtime, report) = eryx_preinit::ensure_runtime(
-        &data_dir,
-        &store,
-        &cached,
-        &eryx_preinit::LogProgress,
-    )
-    .await
-    .unwrap();
+    let (runtime, report) =
+        eryx_preinit::ensure_runtime(&data_dir, &store, &cached, &eryx_preinit::LogProgress)
+            .await
+            .unwrap();
     let base = std::fs::read(store.fetch_snapshot(&report.manifest).await.unwrap()).unwrap();
     let builder = eryx::FunctionBuilder::new(&cached, base, runtime.stdlib_dir()).unwrap();
     let snapshot = builder
@@ -134,7 +130,10 @@ async fn compile_with_and_without_cache() {
         ms(snapshot.snapshot_time),
         snapshot.wasm.len() as f64 / 1e6
     );
-    for (name, engine) in [("without compile cache", &plain), ("with compile cache", &cached)] {
+    for (name, engine) in [
+        ("without compile cache", &plain),
+        ("with compile cache", &cached),
+    ] {
         let begun = Instant::now();
         let cwasm = engine.precompile(&snapshot.wasm).unwrap();
         println!(

@@ -134,6 +134,10 @@ pub struct Limits {
     pub max_memory_mb: u64,
     /// How long a graceful shutdown waits for in-flight requests (default 30 s).
     pub shutdown_grace: Duration,
+    /// How often loaded functions are checked against the store, so a
+    /// redeployment or deletion made through another replica reaches this
+    /// one (default 5 s).
+    pub refresh_interval: Duration,
 }
 
 impl Default for Limits {
@@ -152,6 +156,7 @@ impl Default for Limits {
             default_memory_mb: 128,
             max_memory_mb: 512,
             shutdown_grace: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(5),
         }
     }
 }

@@ -315,6 +315,41 @@ impl Functions {
         self.load(name).await
     }
 
+    /// Brings the loaded functions in line with the store: a function whose
+    /// record changed (another replica redeployed it) is reloaded, one whose
+    /// record is gone is dropped. Store errors leave everything as it is.
+    pub(crate) async fn refresh(self: &Arc<Self>) {
+        let loaded: Vec<(String, FunctionRecord)> = self
+            .deployed
+            .read()
+            .expect("lock")
+            .iter()
+            .map(|(name, d)| (name.clone(), d.record.clone()))
+            .collect();
+        for (name, record) in loaded {
+            match self.read_record(&name).await {
+                Ok(Some(stored)) if stored == record => {}
+                Ok(Some(_)) => {
+                    if let Err(error) = self.load(&name).await {
+                        tracing::warn!(function = name, "reloading failed: {}", error.message);
+                    } else {
+                        tracing::info!(function = name, "reloaded: redeployed elsewhere");
+                    }
+                }
+                Ok(None) => {
+                    let mut map = self.deployed.write().expect("lock");
+                    if map.get(&name).is_some_and(|d| d.record == record) {
+                        map.remove(&name);
+                        tracing::info!(function = name, "dropped: deleted elsewhere");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(function = name, "refresh skipped: {}", error.message);
+                }
+            }
+        }
+    }
+
     /// Reads `name`'s record from the store and makes it servable; a
     /// snapshot that is missing or was compiled by another engine is rebuilt
     /// from the stored source (served interim meanwhile).

@@ -106,6 +106,17 @@ impl Gateway {
             let outcome = runtime.block_on(startup(&startup_state));
             let report = match outcome {
                 Ok(functions) => {
+                    let interval = startup_state.config.limits.refresh_interval;
+                    let weak = Arc::downgrade(&functions);
+                    runtime.spawn(async move {
+                        loop {
+                            tokio::time::sleep(interval).await;
+                            match weak.upgrade() {
+                                Some(functions) => functions.refresh().await,
+                                None => break,
+                            }
+                        }
+                    });
                     let _ = startup_state.functions.set(functions);
                     tracing::info!("ready");
                     Ok(())

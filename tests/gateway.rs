@@ -55,6 +55,9 @@ async fn deploy_invoke_list_redeploy_delete() {
         .collect();
     assert_eq!(names, ["hello"]);
 
+    // Deploying the same thing again is not a new version.
+    let same = gw.deploy("hello", HELLO).await;
+    assert_eq!(same["function"]["version"], 1);
     // Redeploy: the new version answers at once.
     let redeployed = gw
         .deploy(

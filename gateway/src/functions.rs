@@ -463,9 +463,9 @@ impl Functions {
         let _guard = self.deploy_lock.lock().await;
         let source_sha256 = eryx_preinit::sha256_hex(request.source.as_bytes());
         let previous = self.read_record(name).await?;
-        let record = FunctionRecord {
+        let mut record = FunctionRecord {
             name: name.to_owned(),
-            version: previous.map_or(1, |p| p.version + 1),
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
             artifact: self.artifact_key(name, &handler, &request.source),
             handler,
             timeout_ms,
@@ -475,6 +475,18 @@ impl Functions {
             source_bytes: request.source.len() as u64,
             created_unix_ms: eryx_preinit::unix_ms(),
         };
+        // Deploying exactly what is deployed (same source, handler and
+        // settings) keeps its version: a retried deploy is not a new release.
+        if let Some(previous) = previous {
+            let unchanged = FunctionRecord {
+                version: previous.version,
+                created_unix_ms: previous.created_unix_ms,
+                ..record.clone()
+            };
+            if unchanged == previous {
+                record = unchanged;
+            }
+        }
         let mut timings_ms = BTreeMap::new();
         let (deployed, cached, compile, stdout, stderr) =
             match self.compiled(&record.artifact).await {

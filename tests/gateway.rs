@@ -740,3 +740,44 @@ async fn replicas_share_functions_through_s3_and_survive_its_outage() {
     first.shutdown().await;
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_deploy_and_answer() {
+    let gw = TestGateway::start(Config::new()).await;
+    let examples = [
+        ("hello", HELLO, json!({"name": "example"})),
+        (
+            "transform",
+            include_str!("../examples/functions/transform.py"),
+            json!({"orders": [{"sku": " a-1 ", "qty": "2", "price": "9.50"}, {"sku": "b", "qty": 1, "price": 0.25}]}),
+        ),
+        (
+            "fanout",
+            include_str!("../examples/functions/fanout.py"),
+            json!({"items": [5]}),
+        ),
+        (
+            "report",
+            include_str!("../examples/functions/report.py"),
+            json!({"text": "the cat and the hat", "top": 1}),
+        ),
+    ];
+    for (name, source, _) in &examples {
+        gw.deploy(name, source).await;
+    }
+    let answers: Vec<_> = futures::future::join_all(
+        examples
+            .iter()
+            .map(|(name, _, event)| gw.invoke(name, event.clone())),
+    )
+    .await;
+    for ((name, _, _), (status, body)) in examples.iter().zip(&answers) {
+        assert_eq!(*status, 200, "{name}: {body}");
+    }
+    assert_eq!(answers[0].1["message"], "Hello, example!");
+    assert_eq!(answers[1].1["total"], "19.25");
+    assert_eq!(answers[1].1["orders"][0]["sku"], "A-1");
+    assert_eq!(answers[2].1["results"], json!([10]));
+    assert_eq!(answers[3].1["top"], json!([["the", 2]]));
+    assert_eq!(answers[3].1["words"], 5);
+}

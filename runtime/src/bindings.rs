@@ -36,6 +36,13 @@ pub(crate) struct MemoryLimiter {
     pub(crate) denied: bool,
 }
 
+impl MemoryLimiter {
+    /// The limit in bytes, when a growth past it was refused.
+    pub(crate) fn hit(&self) -> Option<u64> {
+        self.denied.then(|| self.limit_bytes.unwrap_or(0) as u64)
+    }
+}
+
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,

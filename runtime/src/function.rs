@@ -11,6 +11,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wizer::{WasmtimeWizerComponent, Wizer};
 
 use crate::bindings::{self, HostState};
+use crate::session::{call_error, guest_error};
 use crate::{Engine, Error, Result};
 
 /// Output kept of each of stdout and stderr while a function's module is
@@ -142,38 +143,14 @@ impl FunctionBuilder {
                 function.handler,
             )
             .await;
-        let limiter = &store.data().limiter;
-        let memory_hit = limiter
-            .denied
-            .then_some(limiter.limit_bytes.unwrap_or(0) as u64);
+        let memory_hit = store.data().limiter.hit();
         let fd_out = String::from_utf8_lossy(&store.data().stdout.contents()).into_owned();
         let fd_err = String::from_utf8_lossy(&store.data().stderr.contents()).into_owned();
         match loaded {
             Err(error) => {
-                return Err(match (error.downcast_ref::<wasmtime::Trap>(), memory_hit) {
-                    (Some(wasmtime::Trap::Interrupt), _) => Error::Timeout {
-                        limit: function.import_timeout,
-                    },
-                    (Some(_), Some(limit_bytes)) => Error::MemoryLimit {
-                        limit_bytes,
-                        error: None,
-                    },
-                    _ => Error::from_wasmtime(error),
-                });
+                return Err(call_error(error, Some(function.import_timeout), memory_hit));
             }
-            Ok(Err(error)) => {
-                return Err(match crate::session::python_error(error, fd_out, fd_err) {
-                    Error::Exception(python)
-                        if python.type_name == "MemoryError" && memory_hit.is_some() =>
-                    {
-                        Error::MemoryLimit {
-                            limit_bytes: memory_hit.unwrap_or(0),
-                            error: Some(Box::new(python)),
-                        }
-                    }
-                    error => error,
-                });
-            }
+            Ok(Err(error)) => return Err(guest_error(error, fd_out, fd_err, memory_hit)),
             Ok(Ok(())) => {}
         }
         let mut target = WasmtimeWizerComponent {

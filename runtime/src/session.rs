@@ -186,11 +186,7 @@ impl Session {
     /// stops code running in the instance, and a host-side timer (a little
     /// later) stops one blocked in the host, e.g. in `time.sleep`.
     async fn call(&mut self, call: Call) -> Result<(GuestOutcome, Duration)> {
-        if self.poisoned {
-            return Err(Error::Trap(
-                "this session's instance stopped at an earlier timeout or trap".to_owned(),
-            ));
-        }
+        self.ensure_usable()?;
         let timeout = self.settings.timeout;
         let start = self.arm_deadline();
         let instance = &self.instance;
@@ -205,25 +201,32 @@ impl Session {
                     .await
             }
         });
-        let outcome = match timeout {
-            Some(limit) => match tokio::time::timeout(limit + HOST_TIMEOUT_MARGIN, call).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    self.poisoned = true;
-                    return Err(Error::Timeout { limit });
-                }
-            },
-            None => call.await,
-        };
+        let outcome = within(timeout, call)
+            .await
+            .inspect_err(|_| self.poisoned = true)?;
         let duration = start.elapsed();
         tracing::debug!(elapsed_us = duration.as_micros() as u64, "called");
         match outcome.and_then(|r| r) {
             Ok(value) => Ok((value, duration)),
             Err(error) => {
                 self.poisoned = true;
-                Err(self.classify(error))
+                Err(call_error(
+                    error,
+                    self.settings.timeout,
+                    self.store.data().limiter.hit(),
+                ))
             }
         }
+    }
+
+    /// Refuses a call into an instance stopped by an earlier timeout or trap.
+    fn ensure_usable(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::Trap(
+                "this session's instance stopped at an earlier timeout or trap".to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// Starts the clock of a call: every few ticks of running code the
@@ -251,11 +254,7 @@ impl Session {
     /// # Errors
     /// As [`FunctionBuilder::snapshot`](crate::FunctionBuilder::snapshot).
     pub async fn load_function(&mut self, function: &crate::FunctionSource<'_>) -> Result<()> {
-        if self.poisoned {
-            return Err(Error::Trap(
-                "this session's instance stopped at an earlier timeout or trap".to_owned(),
-            ));
-        }
+        self.ensure_usable()?;
         let timeout = self.settings.timeout;
         self.arm_deadline();
         let call = self.instance.call_load_function(
@@ -264,53 +263,25 @@ impl Session {
             function.source,
             function.handler,
         );
-        let outcome = match timeout {
-            Some(limit) => match tokio::time::timeout(limit + HOST_TIMEOUT_MARGIN, call).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    self.poisoned = true;
-                    return Err(Error::Timeout { limit });
-                }
-            },
-            None => call.await,
-        };
+        let outcome = within(timeout, call)
+            .await
+            .inspect_err(|_| self.poisoned = true)?;
         match outcome {
             Ok(loaded) => {
                 let fd_out = self.stdout_seen.take_new(&self.store.data().stdout);
                 let fd_err = self.stderr_seen.take_new(&self.store.data().stderr);
-                loaded.map_err(|error| python_error(error, fd_out, fd_err))
+                let memory_hit = self.store.data().limiter.hit();
+                loaded.map_err(|error| guest_error(error, fd_out, fd_err, memory_hit))
             }
             Err(error) => {
                 self.poisoned = true;
-                Err(self.classify(error))
+                Err(call_error(
+                    error,
+                    self.settings.timeout,
+                    self.store.data().limiter.hit(),
+                ))
             }
         }
-    }
-
-    /// The typed error of a failed call: a timeout, the memory limit, or a trap.
-    fn classify(&mut self, error: wasmtime::Error) -> Error {
-        if let (Some(wasmtime::Trap::Interrupt), Some(limit)) = (
-            error.downcast_ref::<wasmtime::Trap>(),
-            self.settings.timeout,
-        ) {
-            return Error::Timeout { limit };
-        }
-        let error = Error::from_wasmtime(error);
-        match (&error, self.memory_limit_hit()) {
-            (Error::Trap(_), Some(limit_bytes)) => Error::MemoryLimit {
-                limit_bytes,
-                error: None,
-            },
-            _ => error,
-        }
-    }
-
-    /// The memory limit, when the instance asked for memory past it.
-    fn memory_limit_hit(&self) -> Option<u64> {
-        let limiter = &self.store.data().limiter;
-        limiter
-            .denied
-            .then(|| limiter.limit_bytes.unwrap_or(0) as u64)
     }
 
     /// Appends what was written straight to the WASI descriptors to the
@@ -325,20 +296,12 @@ impl Session {
         let fd_err = self.stderr_seen.take_new(&self.store.data().stderr);
         match outcome {
             Ok(output) => Ok((output, fd_out, fd_err)),
-            Err(error) => {
-                let error = python_error(error, fd_out, fd_err);
-                Err(match (error, self.memory_limit_hit()) {
-                    (Error::Exception(python), Some(limit_bytes))
-                        if python.type_name == "MemoryError" =>
-                    {
-                        Error::MemoryLimit {
-                            limit_bytes,
-                            error: Some(Box::new(python)),
-                        }
-                    }
-                    (error, _) => error,
-                })
-            }
+            Err(error) => Err(guest_error(
+                error,
+                fd_out,
+                fd_err,
+                self.store.data().limiter.hit(),
+            )),
         }
     }
 
@@ -386,8 +349,62 @@ impl Session {
     }
 }
 
+/// Awaits `call`, giving up [`HOST_TIMEOUT_MARGIN`] after `timeout` (a call
+/// blocked in the host, where epoch deadlines are not checked) with
+/// [`Error::Timeout`].
+async fn within<T>(timeout: Option<Duration>, call: impl Future<Output = T>) -> Result<T> {
+    match timeout {
+        Some(limit) => tokio::time::timeout(limit + HOST_TIMEOUT_MARGIN, call)
+            .await
+            .map_err(|_| Error::Timeout { limit }),
+        None => Ok(call.await),
+    }
+}
+
+/// The typed error of a failed export call: a timeout when the instance was
+/// interrupted at its deadline (`timeout`), the memory limit when it trapped
+/// after a refused growth (`memory_hit`), else a trap or host error.
+pub(crate) fn call_error(
+    error: wasmtime::Error,
+    timeout: Option<Duration>,
+    memory_hit: Option<u64>,
+) -> Error {
+    if let (Some(wasmtime::Trap::Interrupt), Some(limit)) =
+        (error.downcast_ref::<wasmtime::Trap>(), timeout)
+    {
+        return Error::Timeout { limit };
+    }
+    match (Error::from_wasmtime(error), memory_hit) {
+        (Error::Trap(_), Some(limit_bytes)) => Error::MemoryLimit {
+            limit_bytes,
+            error: None,
+        },
+        (error, _) => error,
+    }
+}
+
+/// The typed error of a Python failure reported by the guest, with the
+/// output written straight to the WASI descriptors appended; a `MemoryError`
+/// after a refused growth (`memory_hit`) is the memory limit.
+pub(crate) fn guest_error(
+    error: bindings::ExecuteError,
+    fd_out: String,
+    fd_err: String,
+    memory_hit: Option<u64>,
+) -> Error {
+    match (python_error(error, fd_out, fd_err), memory_hit) {
+        (Error::Exception(python), Some(limit_bytes)) if python.type_name == "MemoryError" => {
+            Error::MemoryLimit {
+                limit_bytes,
+                error: Some(Box::new(python)),
+            }
+        }
+        (error, _) => error,
+    }
+}
+
 /// The typed error of a Python failure reported by the guest.
-pub(crate) fn python_error(error: bindings::ExecuteError, fd_out: String, fd_err: String) -> Error {
+fn python_error(error: bindings::ExecuteError, fd_out: String, fd_err: String) -> Error {
     let stdout = error.stdout + &fd_out;
     let stderr = error.stderr + &fd_err;
     match error.kind {

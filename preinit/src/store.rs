@@ -180,6 +180,11 @@ impl ArtifactStore {
         StorePath::from(format!("artifacts/{key}.{extension}"))
     }
 
+    /// The local cache path of artifact `key`'s pre-initialized `.wasm`.
+    fn snapshot_cache_path(&self, key: &str) -> PathBuf {
+        self.cache_dir.join(format!("{key}.wasm"))
+    }
+
     /// The local cache path of artifact `key`'s `.cwasm`.
     pub fn cache_path(&self, key: &str) -> PathBuf {
         self.cache_dir.join(format!("{key}.cwasm"))
@@ -216,24 +221,41 @@ impl ArtifactStore {
     /// [`Error::Store`] when the download fails; [`Error::HashMismatch`] when
     /// the stored bytes are corrupt.
     pub async fn fetch(&self, manifest: &Manifest) -> Result<PathBuf> {
-        let path = self.cache_path(&manifest.key);
+        self.fetch_verified(
+            &manifest.key,
+            "cwasm",
+            &manifest.blake3,
+            self.cache_path(&manifest.key),
+        )
+        .await
+    }
+
+    /// Returns `path`, first downloading `artifacts/<key>.<extension>` there
+    /// when it is absent; the download must have the BLAKE3 `expected`.
+    async fn fetch_verified(
+        &self,
+        key: &str,
+        extension: &str,
+        expected: &str,
+        path: PathBuf,
+    ) -> Result<PathBuf> {
         if path.exists() {
             return Ok(path);
         }
         let bytes = self
             .store
-            .get(&Self::object(&manifest.key, "cwasm"))
+            .get(&Self::object(key, extension))
             .await
             .map_err(store_error)?
             .bytes()
             .await
             .map_err(store_error)?;
         let actual = eryx::content_hash(&bytes);
-        if actual != manifest.blake3 {
+        if actual != expected {
             return Err(Error::HashMismatch {
-                what: format!("{}/artifacts/{}.cwasm", self.location, manifest.key),
+                what: format!("{}/artifacts/{key}.{extension}", self.location),
                 algorithm: "blake3",
-                expected: manifest.blake3.clone(),
+                expected: expected.to_owned(),
                 actual,
             });
         }
@@ -254,29 +276,13 @@ impl ArtifactStore {
                 manifest.key
             )));
         };
-        let path = self.cache_dir.join(format!("{}.wasm", manifest.key));
-        if path.exists() {
-            return Ok(path);
-        }
-        let bytes = self
-            .store
-            .get(&Self::object(&manifest.key, "wasm"))
-            .await
-            .map_err(store_error)?
-            .bytes()
-            .await
-            .map_err(store_error)?;
-        let actual = eryx::content_hash(&bytes);
-        if actual != *expected {
-            return Err(Error::HashMismatch {
-                what: format!("{}/artifacts/{}.wasm", self.location, manifest.key),
-                algorithm: "blake3",
-                expected: expected.clone(),
-                actual,
-            });
-        }
-        atomic_write(&path, &bytes)?;
-        Ok(path)
+        self.fetch_verified(
+            &manifest.key,
+            "wasm",
+            expected,
+            self.snapshot_cache_path(&manifest.key),
+        )
+        .await
     }
 
     /// Publishes the pre-initialized component an artifact is compiled from
@@ -285,7 +291,7 @@ impl ArtifactStore {
     /// # Errors
     /// [`Error::Store`] when the upload fails.
     pub async fn publish_snapshot(&self, key: &str, wasm: Vec<u8>) -> Result<()> {
-        atomic_write(&self.cache_dir.join(format!("{key}.wasm")), &wasm)?;
+        atomic_write(&self.snapshot_cache_path(key), &wasm)?;
         self.put(&format!("artifacts/{key}.wasm"), wasm).await
     }
 
@@ -377,10 +383,7 @@ impl ArtifactStore {
                 Err(e) => return Err(store_error(e)),
             }
         }
-        for path in [
-            self.cache_path(key),
-            self.cache_dir.join(format!("{key}.wasm")),
-        ] {
+        for path in [self.cache_path(key), self.snapshot_cache_path(key)] {
             match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}

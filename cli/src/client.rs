@@ -96,6 +96,25 @@ fn failed(status: reqwest::StatusCode, body: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// Sends `request`; returns the body of a success, or the exit status after
+/// printing an error response.
+async fn send(
+    request: reqwest::RequestBuilder,
+    target: &Target,
+) -> anyhow::Result<Result<String, ExitCode>> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {}", target.url))?;
+    let status = response.status();
+    let text = response.text().await?;
+    Ok(if status.is_success() {
+        Ok(text)
+    } else {
+        Err(failed(status, &text))
+    })
+}
+
 /// `eryx deploy NAME FILE`.
 pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let source = std::fs::read_to_string(&args.file)
@@ -108,20 +127,16 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         "env": args.env.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     });
     runtime()?.block_on(async {
-        let response = request(
+        let deploy = request(
             &args.target,
             reqwest::Method::PUT,
             &format!("/v1/functions/{}", args.name),
         )
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the gateway at {}", args.target.url))?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            return Ok(failed(status, &text));
-        }
+        .json(&body);
+        let text = match send(deploy, &args.target).await? {
+            Ok(text) => text,
+            Err(code) => return Ok(code),
+        };
         let json: serde_json::Value = serde_json::from_str(&text)?;
         println!(
             "deployed {} version {} ({} ms{})",
@@ -159,15 +174,10 @@ pub fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         if args.output {
             builder = builder.header(eryx_gateway::INCLUDE_OUTPUT, "true");
         }
-        let response = builder
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the gateway at {}", args.target.url))?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            return Ok(failed(status, &text));
-        }
+        let text = match send(builder, &args.target).await? {
+            Ok(text) => text,
+            Err(code) => return Ok(code),
+        };
         if args.output {
             let json: serde_json::Value = serde_json::from_str(&text)?;
             eprint!("{}", json["stdout"].as_str().unwrap_or(""));

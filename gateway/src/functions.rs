@@ -287,13 +287,8 @@ impl Functions {
     /// next invocation.
     pub(crate) async fn load_all(self: &Arc<Self>) -> Result<usize, ApiError> {
         let mut loaded = 0;
-        for path in self.store.list("functions").await? {
-            let Some(name) = path
-                .strip_prefix("functions/")
-                .and_then(|p| p.strip_suffix(".json"))
-            else {
-                continue;
-            };
+        for name in self.record_names().await? {
+            let name = name.as_str();
             match self.load(name).await {
                 Ok(Some(_)) => loaded += 1,
                 Ok(None) => {}
@@ -395,15 +390,23 @@ impl Functions {
         }
     }
 
+    /// Names of the functions recorded in the store (`functions/<name>.json`).
+    async fn record_names(&self) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .store
+            .list("functions")
+            .await?
+            .iter()
+            .filter_map(|path| path.strip_prefix("functions/")?.strip_suffix(".json"))
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// Every function's record in the store, by name.
     pub(crate) async fn list(&self) -> Result<Vec<FunctionRecord>, ApiError> {
         let mut records = Vec::new();
-        for path in self.store.list("functions").await? {
-            if let Some(name) = path
-                .strip_prefix("functions/")
-                .and_then(|p| p.strip_suffix(".json"))
-                && let Some(record) = self.read_record(name).await?
-            {
+        for name in self.record_names().await? {
+            if let Some(record) = self.read_record(&name).await? {
                 records.push(record);
             }
         }

@@ -69,15 +69,7 @@ async fn deploy_invoke_list_redeploy_delete() {
     let (status, body) = gw.invoke("hello", json!(null)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"message": "v2", "version": 2}));
-    let info: serde_json::Value = gw
-        .client
-        .get(format!("{}/v1/functions/hello", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = gw.info("hello").await;
     assert_eq!(info["version"], 2);
 
     let deleted = gw
@@ -463,15 +455,7 @@ async fn failed_deploys_keep_the_previous_version() {
     let (status, body) = gw.invoke("hello", json!({"name": "still v1"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["message"], "Hello, still v1!");
-    let info: serde_json::Value = gw
-        .client
-        .get(format!("{}/v1/functions/hello", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = gw.info("hello").await;
     assert_eq!(info["version"], 1);
 }
 
@@ -602,15 +586,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_restart_keeps_functio
 
     // A new gateway on the same store serves the function deployed before.
     let gw = TestGateway::start_on(Config::new(), store).await;
-    let info: serde_json::Value = gw
-        .client
-        .get(format!("{}/v1/functions/slow", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = gw.info("slow").await;
     assert_eq!(info["version"], 1, "{info}");
 }
 

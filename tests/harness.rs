@@ -294,6 +294,18 @@ impl TestGateway {
         (status, response.json().await.unwrap())
     }
 
+    /// `GET /v1/functions/{name}`'s JSON body.
+    pub async fn info(&self, name: &str) -> serde_json::Value {
+        self.client
+            .get(format!("{}/v1/functions/{name}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Waits (up to 120 s) until `name` is served from its compiled snapshot.
     ///
     /// # Panics
@@ -301,15 +313,7 @@ impl TestGateway {
     pub async fn wait_compiled(&self, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let info: serde_json::Value = self
-                .client
-                .get(format!("{}/v1/functions/{name}", self.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let info = self.info(name).await;
             if info["serving"] == "snapshot" {
                 return;
             }

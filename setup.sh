@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Installs what eryx needs beyond stable Rust, cargo-nextest and Python 3 with pip:
+# Installs what eryx needs beyond stable Rust and Python 3 with pip:
 # - the wasm32-wasip1 target and rust-src (the guest rebuilds std position-independent);
+# - rustfmt and clippy (CI's gates) and cargo-nextest (the test runner) when absent;
 # - moto's S3-compatible server, which the tests start to exercise the S3 artifact store.
 # CPython for WASI itself is fetched from PyPI by eryx on first use (pinned wheel, sha256-checked).
 set -euo pipefail
 rustup target add wasm32-wasip1
-rustup component add rust-src
+rustup component add rust-src rustfmt clippy
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
 if ! python3 -m pip --version >/dev/null 2>&1; then
     echo "setup.sh: eryx fetches CPython for WASI with pip; install Python 3 with pip first" >&2
     exit 1

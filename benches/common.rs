@@ -28,6 +28,7 @@ pub fn setup() -> Setup {
     let store = eryx_preinit::ArtifactStore::open(
         &eryx_preinit::default_store_location(&data_dir),
         &eryx_preinit::cache_dir(&data_dir),
+        &eryx_preinit::signing_key(&data_dir).unwrap(),
     )
     .unwrap();
     let engine = eryx::Engine::new(eryx::EngineOptions::default()).unwrap();

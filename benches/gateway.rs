@@ -97,15 +97,17 @@ fn ms(d: Duration) -> f64 {
 async fn compile_with_and_without_cache() {
     let data_dir = eryx_preinit::default_data_dir();
     let cache_dir = eryx_preinit::cache_dir(&data_dir);
+    let key = eryx_preinit::signing_key(&data_dir).unwrap();
     let store = eryx_preinit::ArtifactStore::open(
         &eryx_preinit::default_store_location(&data_dir),
         &cache_dir,
+        &key,
     )
     .unwrap();
     let cached = eryx::Engine::new(
         eryx::EngineOptions::default()
             .with_pool_size(4)
-            .with_compile_cache_dir(cache_dir.join("compile")),
+            .with_compile_cache(cache_dir.join("compile"), key.clone()),
     )
     .unwrap();
     let (runtime, report) =

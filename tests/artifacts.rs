@@ -24,7 +24,12 @@ fn seeded_store(dir: &Path) -> (ArtifactStore, String) {
         .unwrap();
     }
     let store =
-        ArtifactStore::open(dir.join("store").to_str().unwrap(), &dir.join("cache")).unwrap();
+        ArtifactStore::open(
+            dir.join("store").to_str().unwrap(),
+            &dir.join("cache"),
+            &eryx_tests::signing_key(),
+        )
+        .unwrap();
     (store, key)
 }
 
@@ -210,7 +215,12 @@ async fn s3_store_publishes_and_serves_artifacts() {
     // First replica: nothing in the bucket, so it builds and publishes.
     let first_cache = tempfile::tempdir().unwrap();
     let store =
-        ArtifactStore::open_with_options(location, first_cache.path(), server.options()).unwrap();
+        ArtifactStore::open_with_options(
+            location,
+            first_cache.path(),
+            &eryx_tests::signing_key(),
+            server.options(),
+        ).unwrap();
     let (runtime, report) = ensure(&store).await;
     assert_eq!(report.origin, Origin::Built);
     assert_eq!(hello(&runtime).await, "hi\n");
@@ -218,7 +228,12 @@ async fn s3_store_publishes_and_serves_artifacts() {
     // Second replica with an empty cache: fetches the artifact from S3.
     let second_cache = tempfile::tempdir().unwrap();
     let store =
-        ArtifactStore::open_with_options(location, second_cache.path(), server.options()).unwrap();
+        ArtifactStore::open_with_options(
+            location,
+            second_cache.path(),
+            &eryx_tests::signing_key(),
+            server.options(),
+        ).unwrap();
     let manifest = store
         .manifest(&report.manifest.key)
         .await

@@ -149,8 +149,20 @@ async fn exception_is_500_with_traceback_and_output() {
         "def handler(event, context):\n    print('dividing')\n    return 1 / event['by']\n",
     )
     .await;
+    // Details (traceback, output) only for a caller who asks for them.
     let (status, body) = gw.invoke("divide", json!({"by": 0})).await;
     assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["type"], "ZeroDivisionError");
+    assert!(body["error"].get("traceback").is_none(), "{body}");
+    let response = gw
+        .client
+        .post(format!("{}/v1/functions/divide/invoke?include_output=true", gw.url))
+        .json(&json!({"by": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
     let error = &body["error"];
     assert_eq!(error["code"], "python_exception");
     assert_eq!(error["type"], "ZeroDivisionError");
@@ -600,7 +612,12 @@ async fn replicas_share_functions_through_s3_and_survive_its_outage() {
     seed_store(seeded.path());
     let cache = tempfile::tempdir().unwrap();
     let store =
-        eryx_preinit::ArtifactStore::open_with_options(location, cache.path(), server.options())
+        eryx_preinit::ArtifactStore::open_with_options(
+            location,
+            cache.path(),
+            &eryx_tests::signing_key(),
+            server.options(),
+        )
             .unwrap();
     let mut names: Vec<_> = std::fs::read_dir(seeded.path().join("artifacts"))
         .unwrap()

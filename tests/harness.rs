@@ -3,6 +3,12 @@
 //!
 //! Every test runs real CPython 3.14 in real wasm instances; nothing is mocked.
 
+// README.md's Rust examples compile as doctests of this crate (it depends on
+// both `eryx` and `eryx-preinit`, as the examples do).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -33,6 +39,7 @@ pub fn runtime_on(engine: eryx::Engine) -> eryx::Runtime {
         let store = eryx_preinit::ArtifactStore::open(
             &eryx_preinit::default_store_location(&data_dir),
             &eryx_preinit::cache_dir(&data_dir),
+            &eryx_preinit::signing_key(&data_dir).expect("the signing key"),
         )
         .expect("opening the default artifact store");
         let tokio = tokio::runtime::Builder::new_current_thread()
@@ -51,6 +58,15 @@ pub fn runtime_on(engine: eryx::Engine) -> eryx::Runtime {
     })
     .join()
     .expect("building the runtime panicked")
+}
+
+/// The signing key of the default data directory (the one the tests' base
+/// artifacts and gateways use).
+///
+/// # Panics
+/// When the key cannot be read or created.
+pub fn signing_key() -> eryx::SigningKey {
+    eryx_preinit::signing_key(&eryx_preinit::default_data_dir()).expect("the signing key")
 }
 
 /// The standard library directory of the CPython distribution.

@@ -104,7 +104,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let location = cli
         .store
         .unwrap_or_else(|| eryx_preinit::default_store_location(&data_dir));
-    let store = eryx_preinit::ArtifactStore::open(&location, &eryx_preinit::cache_dir(&data_dir))?;
+    let key = eryx_preinit::signing_key(&data_dir)?;
+    let store =
+        eryx_preinit::ArtifactStore::open(&location, &eryx_preinit::cache_dir(&data_dir), &key)?;
     let progress = Spinner::default();
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()

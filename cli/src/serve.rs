@@ -38,36 +38,58 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     invoke_tokens: Vec<String>,
-    /// Largest request body in bytes (413 past it).
-    #[arg(long, env = "ERYX_MAX_BODY_BYTES", default_value_t = 6 << 20)]
-    max_body_bytes: usize,
-    /// Largest request head (request line and headers) in bytes.
-    #[arg(long, env = "ERYX_MAX_HEADER_BYTES", default_value_t = 16 << 10)]
-    max_header_bytes: usize,
-    /// Seconds a client has to send its request head.
-    #[arg(long, env = "ERYX_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
-    header_read_timeout_secs: u64,
-    /// Invocations running at once, across functions.
-    #[arg(long, env = "ERYX_MAX_CONCURRENCY", default_value_t = 64)]
-    max_concurrency: usize,
-    /// Invocations waiting for a slot, across functions (503 past it).
-    #[arg(long, env = "ERYX_MAX_QUEUE", default_value_t = 512)]
-    max_queue: usize,
-    /// Invocations of one function running at once.
-    #[arg(long, env = "ERYX_FUNCTION_MAX_CONCURRENCY", default_value_t = 32)]
-    function_max_concurrency: usize,
-    /// Invocations of one function waiting (429 past it).
-    #[arg(long, env = "ERYX_FUNCTION_MAX_QUEUE", default_value_t = 256)]
-    function_max_queue: usize,
-    /// Milliseconds a request may wait in a queue (503 past it).
-    #[arg(long, env = "ERYX_QUEUE_TIMEOUT_MS", default_value_t = 10_000)]
-    queue_timeout_ms: u64,
-    /// Handler timeout for deployments that set none, in ms.
-    #[arg(long, env = "ERYX_DEFAULT_TIMEOUT_MS", default_value_t = 10_000)]
-    default_timeout_ms: u64,
-    /// Memory limit for deployments that set none, in MiB.
-    #[arg(long, env = "ERYX_DEFAULT_MEMORY_MB", default_value_t = 128)]
-    default_memory_mb: u64,
+    /// Largest request body in bytes (413 past it) [default: 6 MiB].
+    #[arg(long, env = "ERYX_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Largest request head (request line and headers) in bytes [default: 16 KiB].
+    #[arg(long, env = "ERYX_MAX_HEADER_BYTES")]
+    max_header_bytes: Option<usize>,
+    /// Seconds a client has to send its request head [default: 10].
+    #[arg(long, env = "ERYX_HEADER_READ_TIMEOUT_SECS")]
+    header_read_timeout_secs: Option<u64>,
+    /// Seconds a client has to send its request body [default: 30].
+    #[arg(long, env = "ERYX_BODY_READ_TIMEOUT_SECS")]
+    body_read_timeout_secs: Option<u64>,
+    /// Open connections at once; further clients wait [default: 1024].
+    #[arg(long, env = "ERYX_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Largest handler result in bytes (500 `result_too_large` past it) [default: 6 MiB].
+    #[arg(long, env = "ERYX_MAX_RESPONSE_BYTES")]
+    max_response_bytes: Option<usize>,
+    /// Invocations running at once, across functions [default: 64].
+    #[arg(long, env = "ERYX_MAX_CONCURRENCY")]
+    max_concurrency: Option<usize>,
+    /// Invocations waiting for a slot, across functions (503 past it) [default: 512].
+    #[arg(long, env = "ERYX_MAX_QUEUE")]
+    max_queue: Option<usize>,
+    /// Invocations of one function running at once [default: 32].
+    #[arg(long, env = "ERYX_FUNCTION_MAX_CONCURRENCY")]
+    function_max_concurrency: Option<usize>,
+    /// Invocations of one function waiting (429 past it) [default: 256].
+    #[arg(long, env = "ERYX_FUNCTION_MAX_QUEUE")]
+    function_max_queue: Option<usize>,
+    /// Milliseconds a request may wait in a queue (503 past it) [default: 10000].
+    #[arg(long, env = "ERYX_QUEUE_TIMEOUT_MS")]
+    queue_timeout_ms: Option<u64>,
+    /// Handler timeout for deployments that set none, in ms [default: 10000].
+    #[arg(long, env = "ERYX_DEFAULT_TIMEOUT_MS")]
+    default_timeout_ms: Option<u64>,
+    /// Memory limit for deployments that set none, in MiB [default: 128].
+    #[arg(long, env = "ERYX_DEFAULT_MEMORY_MB")]
+    default_memory_mb: Option<u64>,
+    /// Deployments building snapshots at once [default: 2].
+    #[arg(long, env = "ERYX_MAX_CONCURRENT_DEPLOYS")]
+    max_concurrent_deploys: Option<usize>,
+    /// Milliseconds a module's top-level code may run at deploy [default: 30000].
+    #[arg(long, env = "ERYX_DEPLOY_IMPORT_TIMEOUT_MS")]
+    deploy_import_timeout_ms: Option<u64>,
+    /// More `Host` names to serve when no tokens are set (comma-separated;
+    /// localhost, 127.0.0.1 and [::1] always are).
+    #[arg(long = "allowed-host", env = "ERYX_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// Let invoke-only tokens see handler output and tracebacks.
+    #[arg(long, env = "ERYX_INVOKE_TOKENS_SEE_DETAILS")]
+    invoke_tokens_see_details: bool,
     /// Log format.
     #[arg(long, env = "ERYX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -79,17 +101,40 @@ pub fn run(
     data_dir: Option<PathBuf>,
     store: Option<String>,
 ) -> anyhow::Result<ExitCode> {
+    // Defaults live in `Limits::default()` alone; a flag overrides one.
     let mut limits = eryx_gateway::Limits::default();
-    limits.max_body_bytes = args.max_body_bytes;
-    limits.max_header_bytes = args.max_header_bytes;
-    limits.header_read_timeout = Duration::from_secs(args.header_read_timeout_secs);
-    limits.max_concurrency = args.max_concurrency;
-    limits.max_queue = args.max_queue;
-    limits.function_max_concurrency = args.function_max_concurrency;
-    limits.function_max_queue = args.function_max_queue;
-    limits.queue_timeout = Duration::from_millis(args.queue_timeout_ms);
-    limits.default_timeout_ms = args.default_timeout_ms;
-    limits.default_memory_mb = args.default_memory_mb;
+    let set = |target: &mut usize, value: Option<usize>| {
+        if let Some(value) = value {
+            *target = value;
+        }
+    };
+    set(&mut limits.max_body_bytes, args.max_body_bytes);
+    set(&mut limits.max_header_bytes, args.max_header_bytes);
+    set(&mut limits.max_connections, args.max_connections);
+    set(&mut limits.max_response_bytes, args.max_response_bytes);
+    set(&mut limits.max_concurrency, args.max_concurrency);
+    set(&mut limits.max_queue, args.max_queue);
+    set(&mut limits.function_max_concurrency, args.function_max_concurrency);
+    set(&mut limits.function_max_queue, args.function_max_queue);
+    set(&mut limits.max_concurrent_deploys, args.max_concurrent_deploys);
+    if let Some(secs) = args.header_read_timeout_secs {
+        limits.header_read_timeout = Duration::from_secs(secs);
+    }
+    if let Some(secs) = args.body_read_timeout_secs {
+        limits.body_read_timeout = Duration::from_secs(secs);
+    }
+    if let Some(ms) = args.queue_timeout_ms {
+        limits.queue_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.deploy_import_timeout_ms {
+        limits.deploy_import_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.default_timeout_ms {
+        limits.default_timeout_ms = ms;
+    }
+    if let Some(mb) = args.default_memory_mb {
+        limits.default_memory_mb = mb;
+    }
     let mut config = eryx_gateway::Config::new()
         .with_listen(args.listen)
         .with_limits(limits);
@@ -105,6 +150,10 @@ pub fn run(
     for token in args.invoke_tokens.into_iter().filter(|t| !t.is_empty()) {
         config = config.with_invoke_token(token);
     }
+    for host in args.allowed_hosts.into_iter().filter(|h| !h.is_empty()) {
+        config = config.with_allowed_host(host);
+    }
+    config = config.with_invoke_tokens_see_details(args.invoke_tokens_see_details);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

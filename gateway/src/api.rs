@@ -11,9 +11,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode, excerpt};
 use crate::functions::{DeployRequest, DeployResponse, FunctionInfo, valid_name};
 use crate::limits::Rejected;
 use crate::server::AppState;
@@ -23,15 +24,16 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// Request header asking an invocation to return the handler's output too.
 pub const INCLUDE_OUTPUT: &str = "x-eryx-include-output";
 
-/// `/healthz` and `/readyz` answers.
+/// `/healthz` and `/readyz` answers. Why start-up failed goes to the log
+/// only: paths, bucket names and build output are not for anyone who asks.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok`, `starting` or `failed`.
     pub status: String,
-    /// Why the gateway is not ready, when it is not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
 }
+
+/// Longest excerpt of a handler's stdout or stderr put in one log line.
+const LOG_OUTPUT_BYTES: usize = 4 << 10;
 
 /// `GET /v1/functions`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -78,7 +80,10 @@ pub(crate) async fn handle(
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (route, reply) = route(&state, request, &request_id).await;
+    let (route, reply) = match allowed_host(&state, request.headers()) {
+        Ok(()) => route(&state, request, &request_id).await,
+        Err(error) => ("other", Err(error)),
+    };
     let mut response = reply.unwrap_or_else(|error| error_response(&error, &request_id));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
@@ -151,10 +156,47 @@ async fn route(
 
 fn method_not_allowed(allowed: &'static str) -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("allowed methods: {allowed}"),
     )
+}
+
+/// Without tokens the gateway trusts whoever reaches its loopback address;
+/// a web page can reach it too, through a name that its attacker points at
+/// 127.0.0.1 (DNS rebinding). Such requests carry the attacker's name in
+/// `Host`, so only the configured host names (by default `localhost` and
+/// loopback addresses) are served then. With tokens, a browser cannot
+/// supply one, so every `Host` is served.
+fn allowed_host(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.config.auth_enabled() {
+        return Ok(());
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // Strip a port: `name:port`, `[v6]:port`.
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
+        _ => host,
+    };
+    if state
+        .config
+        .allowed_hosts
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(name))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::HostNotAllowed,
+            format!(
+                "Host {:?} is not served without tokens (allowed: {})",
+                excerpt(host, 256),
+                state.config.allowed_hosts.join(", ")
+            ),
+        ))
+    }
 }
 
 fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
@@ -172,13 +214,13 @@ fn raw_json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 }
 
 fn error_response(error: &ApiError, request_id: &str) -> Response<Full<Bytes>> {
-    let mut response = json_response(error.status, &error.body(request_id));
+    let mut response = json_response(error.status(), &error.body(request_id));
     if let Some(seconds) = error.retry_after {
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
-    if error.status == StatusCode::UNAUTHORIZED {
+    if error.code == ErrorCode::Unauthorized {
         response
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -186,55 +228,66 @@ fn error_response(error: &ApiError, request_id: &str) -> Response<Full<Bytes>> {
     response
 }
 
+/// Who is calling, as far as authorization goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// An admin token, or any caller when no token is configured.
+    Admin,
+    /// An invoke-only token.
+    Invoker,
+}
+
 /// Checks the request's bearer token against the configured tokens: no
 /// tokens configured allows everything (the gateway then listens on loopback
-/// only); a missing or unknown token is 401, an invoke token on an admin
-/// route is 403 (RFC 6750 `insufficient_scope`).
-fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+/// only, for the allowed `Host` names); a missing or unknown token is 401,
+/// an invoke token on an admin route is 403 (RFC 6750 `insufficient_scope`).
+/// The scheme name is case-insensitive (RFC 7235); tokens are compared as
+/// SHA-256 digests in constant time, so neither their bytes nor their
+/// lengths show in the timing.
+fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
     if !state.config.auth_enabled() {
-        return Ok(());
+        return Ok(Caller::Admin);
     }
     let Some(token) = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
     else {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "this gateway requires an `Authorization: Bearer <token>` header",
         ));
     };
+    let presented = token_digest(token);
     let matches = |tokens: &[String]| {
-        tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+        // Every configured token is compared, so the timing does not say
+        // which one (or whether any) matched.
+        tokens.iter().fold(subtle::Choice::from(0), |found, t| {
+            found | token_digest(t).ct_eq(&presented)
+        })
     };
-    if matches(&state.config.admin_tokens) {
-        return Ok(());
+    if bool::from(matches(&state.config.admin_tokens)) {
+        return Ok(Caller::Admin);
     }
-    if matches(&state.config.invoke_tokens) {
+    if bool::from(matches(&state.config.invoke_tokens)) {
         return if scope == Scope::Invoke {
-            Ok(())
+            Ok(Caller::Invoker)
         } else {
             Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 "this token may only invoke functions",
             ))
         };
     }
-    Err(ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "unknown token",
-    ))
+    Err(ApiError::new(ErrorCode::Unauthorized, "unknown token"))
 }
 
-/// Compares without an early exit on the first differing byte (the length
-/// still shows).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// A token's SHA-256 digest: a fixed length to compare in constant time.
+fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// Reads the body up to the configured limit (413 past it).
@@ -242,8 +295,7 @@ async fn read_body(state: &AppState, request: Request<Incoming>) -> Result<Bytes
     let limit = state.config.limits.max_body_bytes;
     let too_large = || {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request body is larger than {limit} bytes"),
         )
     };
@@ -255,7 +307,18 @@ async fn read_body(state: &AppState, request: Request<Incoming>) -> Result<Bytes
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), limit).collect().await {
+    // A client that trickles its body must not hold a connection (and, for
+    // invocations, a slot) for ever.
+    let timeout = state.config.limits.body_read_timeout;
+    let collected = tokio::time::timeout(timeout, Limited::new(request.into_body(), limit).collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!("the request body did not arrive within {} s", timeout.as_secs()),
+            )
+        })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(error) => Err(ApiError::bad_request(format!(
@@ -267,12 +330,7 @@ async fn read_body(state: &AppState, request: Request<Incoming>) -> Result<Bytes
 fn functions(state: &AppState) -> Result<&Arc<crate::functions::Functions>, ApiError> {
     match state.functions.get() {
         Some(functions) => Ok(functions),
-        None => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            state.startup_detail(),
-        )
-        .retry_after(1)),
+        None => Err(ApiError::new(ErrorCode::NotReady, state.startup_detail()).retry_after(1)),
     }
 }
 
@@ -294,7 +352,6 @@ fn healthz() -> Reply {
         StatusCode::OK,
         &Health {
             status: "ok".into(),
-            detail: None,
         },
     ))
 }
@@ -313,7 +370,6 @@ fn readyz(state: &AppState) -> Reply {
         StatusCode::SERVICE_UNAVAILABLE,
         &Health {
             status: if failed { "failed" } else { "starting" }.into(),
-            detail: Some(state.startup_detail()),
         },
     ))
 }
@@ -442,7 +498,7 @@ async fn deploy_function(state: &Arc<AppState>, request: Request<Incoming>, name
         .observe(start.elapsed().as_secs_f64());
     let label = match &outcome {
         Ok(_) => "ok",
-        Err(error) => error.code,
+        Err(error) => error.code.as_str(),
     };
     state.metrics.deploys.with_label_values(&[label]).inc();
     let deployed = outcome?;
@@ -479,7 +535,7 @@ async fn invoke_function(
     name: String,
     request_id: &str,
 ) -> Reply {
-    authorize(state, request.headers(), Scope::Invoke)?;
+    let caller = authorize(state, request.headers(), Scope::Invoke)?;
     checked_name(&name)?;
     let include_output = request
         .headers()
@@ -487,6 +543,15 @@ async fn invoke_function(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == "true" || v == "1")
         || query_flag(&request, "include_output");
+    // Tracebacks and output may carry what the function keeps from its
+    // callers (its environment, data in module state): only callers who ask
+    // for them and may see them get them.
+    if include_output && caller == Caller::Invoker && !state.config.invoke_tokens_see_details {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this token may not see handler output or tracebacks",
+        ));
+    }
     let deployed = functions(state)?
         .get(&name)
         .await?
@@ -507,12 +572,12 @@ async fn invoke_function(
         .slots
         .acquire(limits.queue_timeout)
         .await
-        .map_err(|rejected| overloaded(rejected, StatusCode::TOO_MANY_REQUESTS, &name))?;
+        .map_err(|rejected| overloaded(rejected, ErrorCode::TooManyRequests, &name))?;
     let _slot = state
         .slots
         .acquire(limits.queue_timeout)
         .await
-        .map_err(|rejected| overloaded(rejected, StatusCode::SERVICE_UNAVAILABLE, "the gateway"))?;
+        .map_err(|rejected| overloaded(rejected, ErrorCode::Overloaded, "the gateway"))?;
     metrics.in_flight.inc();
     let start = Instant::now();
     let context = eryx::HandlerContext {
@@ -560,10 +625,10 @@ async fn invoke_function(
             Ok(response)
         }
         Err(error) => {
-            let api = ApiError::from_eryx(error, StatusCode::INTERNAL_SERVER_ERROR);
+            let api = ApiError::from_eryx(error);
             metrics
                 .invocations
-                .with_label_values(&[&name, api.code])
+                .with_label_values(&[&name, api.code.as_str()])
                 .inc();
             if let Some(python) = &api.python {
                 log_output(request_id, &name, &python.stdout, &python.stderr);
@@ -571,11 +636,15 @@ async fn invoke_function(
             tracing::warn!(
                 request_id,
                 function = name,
-                code = api.code,
+                code = api.code.as_str(),
                 "invocation failed: {}",
                 api.message
             );
-            Err(api)
+            if include_output {
+                Err(api)
+            } else {
+                Err(api.without_details())
+            }
         }
     }
 }
@@ -590,24 +659,22 @@ fn query_flag(request: &Request<Incoming>, flag: &str) -> bool {
     })
 }
 
-fn overloaded(rejected: Rejected, status: StatusCode, what: &str) -> ApiError {
+fn overloaded(rejected: Rejected, code: ErrorCode, what: &str) -> ApiError {
     let message = match rejected {
         Rejected::QueueFull => format!("{what} is at its concurrency limit and its queue is full"),
         Rejected::TimedOut => {
             format!("{what} stayed at its concurrency limit for the whole queue timeout")
         }
     };
-    let code = if status == StatusCode::TOO_MANY_REQUESTS {
-        "too_many_requests"
-    } else {
-        "overloaded"
-    };
-    ApiError::new(status, code, message).retry_after(1)
+    ApiError::new(code, message).retry_after(1)
 }
 
-/// Sends the handler's output to the log, tagged with the request id.
+/// Sends an excerpt of the handler's output (the first 4 KiB of each
+/// stream) to the log, tagged with the request id.
 fn log_output(request_id: &str, function: &str, stdout: &str, stderr: &str) {
     if !stdout.is_empty() || !stderr.is_empty() {
+        let stdout = excerpt(stdout, LOG_OUTPUT_BYTES);
+        let stderr = excerpt(stderr, LOG_OUTPUT_BYTES);
         tracing::info!(request_id, function, stdout, stderr, "handler output");
     }
 }

@@ -27,6 +27,17 @@ pub struct Config {
     /// Extra S3 settings for the store, as `object_store` configuration
     /// pairs (see [`eryx_preinit::ArtifactStore::open_with_options`]).
     pub store_options: Vec<(String, String)>,
+    /// The key that signs and checks everything the gateway stores
+    /// (default: [`eryx_preinit::signing_key`] of the data directory).
+    /// Every replica sharing a store needs the same key.
+    pub signing_key: Option<eryx::SigningKey>,
+    /// `Host` names served when no token is configured (default
+    /// `localhost`, `127.0.0.1`, `[::1]`): a web page that rebinds its own
+    /// name to 127.0.0.1 is refused. Ignored when tokens are configured.
+    pub allowed_hosts: Vec<String>,
+    /// Whether invoke-only tokens may see handler output and tracebacks
+    /// (with `include_output`; default false: only admin tokens may).
+    pub invoke_tokens_see_details: bool,
 }
 
 impl Config {
@@ -41,6 +52,11 @@ impl Config {
             invoke_tokens: Vec::new(),
             limits: Limits::default(),
             store_options: Vec::new(),
+            signing_key: None,
+            allowed_hosts: ["localhost", "127.0.0.1", "[::1]"]
+                .map(str::to_owned)
+                .to_vec(),
+            invoke_tokens_see_details: false,
         }
     }
 
@@ -86,6 +102,24 @@ impl Config {
         self
     }
 
+    /// Sets [`signing_key`](Config::signing_key).
+    pub fn with_signing_key(mut self, key: eryx::SigningKey) -> Config {
+        self.signing_key = Some(key);
+        self
+    }
+
+    /// Adds a `Host` name to [`allowed_hosts`](Config::allowed_hosts).
+    pub fn with_allowed_host(mut self, host: impl Into<String>) -> Config {
+        self.allowed_hosts.push(host.into());
+        self
+    }
+
+    /// Sets [`invoke_tokens_see_details`](Config::invoke_tokens_see_details).
+    pub fn with_invoke_tokens_see_details(mut self, allowed: bool) -> Config {
+        self.invoke_tokens_see_details = allowed;
+        self
+    }
+
     /// Whether any token is configured (so requests must carry one).
     pub fn auth_enabled(&self) -> bool {
         !self.admin_tokens.is_empty() || !self.invoke_tokens.is_empty()
@@ -110,6 +144,23 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Time a client has to send a complete request head (default 10 s).
     pub header_read_timeout: Duration,
+    /// Time a client has to send a complete request body once its head
+    /// arrived (default 30 s); past it 408.
+    pub body_read_timeout: Duration,
+    /// Open connections at once (default 1,024); further clients wait to be
+    /// accepted.
+    pub max_connections: usize,
+    /// Largest handler result, in bytes (default 6 MiB, as AWS Lambda's
+    /// synchronous response); a larger one is 500 `result_too_large`.
+    pub max_response_bytes: usize,
+    /// Deployments building snapshots at once (default 2); others wait in a
+    /// queue of [`max_deploy_queue`](Limits::max_deploy_queue).
+    pub max_concurrent_deploys: usize,
+    /// Deployments waiting for a build slot (default 16); past it 503.
+    pub max_deploy_queue: usize,
+    /// Longest a module's top-level code may run at deploy (default 30 s),
+    /// including time blocked in the host (`time.sleep`); past it 400.
+    pub deploy_import_timeout: Duration,
     /// Invocations running at once across all functions (default 64).
     pub max_concurrency: usize,
     /// Invocations waiting for a slot across all functions (default 512);
@@ -146,6 +197,12 @@ impl Default for Limits {
             max_body_bytes: 6 << 20,
             max_header_bytes: 16 << 10,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_response_bytes: 6 << 20,
+            max_concurrent_deploys: 2,
+            max_deploy_queue: 16,
+            deploy_import_timeout: Duration::from_secs(30),
             max_concurrency: 64,
             max_queue: 512,
             queue_timeout: Duration::from_secs(10),

@@ -12,21 +12,18 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use eryx_preinit::{ArtifactStore, Manifest};
-use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::Limits;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::limits::Slots;
 
 /// Bumped whenever the per-function snapshot changes in a way its inputs do
 /// not show.
 const FUNCTION_RECIPE: &str = "eryx-function-v1";
 
-/// Longest a module's top-level code may run at deploy time.
-const IMPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A deployed function, as stored in `functions/<name>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +152,7 @@ pub(crate) enum Serving {
         sandbox: eryx::Sandbox,
         module_name: String,
         source: Arc<str>,
+        import_timeout: Duration,
     },
 }
 
@@ -180,6 +178,7 @@ impl Deployed {
                 sandbox,
                 module_name,
                 source,
+                import_timeout,
             } => {
                 let mut session = sandbox.session().await?;
                 session
@@ -187,7 +186,7 @@ impl Deployed {
                         module_name,
                         source,
                         handler: &self.record.handler,
-                        import_timeout: IMPORT_TIMEOUT,
+                        import_timeout: *import_timeout,
                         memory_limit_bytes: None,
                     })
                     .await?;
@@ -220,7 +219,12 @@ pub(crate) struct Functions {
     limits: Limits,
     queue_gauge: prometheus::IntGauge,
     deployed: RwLock<HashMap<String, Arc<Deployed>>>,
-    deploy_lock: tokio::sync::Mutex<()>,
+    /// Snapshot builds at once (bounded, with a queue): a slow deploy takes
+    /// one slot, never the whole gateway.
+    deploys: Slots,
+    /// One deploy or delete at a time per function name (single flight), so
+    /// versions count up without gaps or repeats on this replica.
+    name_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Background compiles run one at a time (each uses every core).
     compile_lock: tokio::sync::Mutex<()>,
 }
@@ -268,6 +272,11 @@ impl Functions {
         limits: Limits,
         queue_gauge: prometheus::IntGauge,
     ) -> Functions {
+        let deploys = Slots::new(
+            limits.max_concurrent_deploys.max(1),
+            limits.max_deploy_queue,
+            prometheus::IntGauge::new("eryx_deploy_queue", "unregistered").expect("gauge"),
+        );
         Functions {
             engine,
             store,
@@ -277,7 +286,8 @@ impl Functions {
             limits,
             queue_gauge,
             deployed: RwLock::new(HashMap::new()),
-            deploy_lock: tokio::sync::Mutex::new(()),
+            deploys,
+            name_locks: std::sync::Mutex::new(HashMap::new()),
             compile_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -365,6 +375,13 @@ impl Functions {
                     .ok_or_else(|| {
                         ApiError::internal(format!("the source of function {name} is missing"))
                     })?;
+                // The record is signed; the source is checked against it.
+                if eryx_preinit::sha256_hex(&source) != record.source_sha256 {
+                    return Err(ApiError::new(
+                        ErrorCode::Integrity,
+                        format!("the stored source of function {name} does not match its record"),
+                    ));
+                }
                 let source = String::from_utf8_lossy(&source).into_owned();
                 let pending = self.prepare(record, &source).await?;
                 let deployed = pending.deployed.clone();
@@ -379,15 +396,32 @@ impl Functions {
         Ok(Some(deployed))
     }
 
+    /// `name`'s record: signed by a holder of the gateway's key, and
+    /// naming only well-formed keys (they become store paths and file names).
     async fn read_record(&self, name: &str) -> Result<Option<FunctionRecord>, ApiError> {
-        match self.store.get(&record_path(name)).await? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                ApiError::internal(format!(
-                    "the stored record of function {name} is unreadable: {e}"
-                ))
-            }),
+        let Some(record): Option<FunctionRecord> =
+            self.store.get_signed(&record_path(name)).await?
+        else {
+            return Ok(None);
+        };
+        if record.name != name
+            || !eryx_preinit::is_artifact_key(&record.artifact)
+            || !eryx_preinit::is_artifact_key(&record.source_sha256)
+        {
+            return Err(ApiError::new(
+                ErrorCode::Integrity,
+                format!("the stored record of function {name} is malformed"),
+            ));
         }
+        Ok(Some(record))
+    }
+
+    /// The lock that serializes deploys and deletes of `name`.
+    fn name_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.name_locks.lock().expect("lock");
+        // Drop locks nobody holds or waits for, so the map stays small.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(name.to_owned()).or_default().clone()
     }
 
     /// Names of the functions recorded in the store (`functions/<name>.json`).
@@ -417,7 +451,8 @@ impl Functions {
     /// Removes `name` (its record; snapshots are content-addressed and kept).
     /// Returns whether it existed.
     pub(crate) async fn delete(&self, name: &str) -> Result<bool, ApiError> {
-        let _guard = self.deploy_lock.lock().await;
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().await;
         let existed = self.read_record(name).await?.is_some();
         self.store.delete(&record_path(name)).await?;
         let in_memory = self.deployed.write().expect("lock").remove(name).is_some();
@@ -456,14 +491,31 @@ impl Functions {
                 self.limits.max_memory_mb
             )));
         }
-        for key in request.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
+        for (key, value) in &request.env {
+            if key.is_empty() || key.contains(['=', '\0']) {
                 return Err(ApiError::bad_request(format!(
                     "environment variable name {key:?} is invalid"
                 )));
             }
+            if value.contains('\0') {
+                return Err(ApiError::bad_request(format!(
+                    "environment variable {key:?} has a NUL byte in its value"
+                )));
+            }
         }
-        let _guard = self.deploy_lock.lock().await;
+        let _slot = self
+            .deploys
+            .acquire(self.limits.deploy_import_timeout)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Overloaded,
+                    "every deploy slot is busy and the deploy queue is full or waited too long",
+                )
+                .retry_after(5)
+            })?;
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().await;
         let source_sha256 = eryx_preinit::sha256_hex(request.source.as_bytes());
         let previous = self.read_record(name).await?;
         let mut record = FunctionRecord {
@@ -519,16 +571,15 @@ impl Functions {
                 request.source.into_bytes(),
             )
             .await?;
-        // The record is written last: until then the previous version is
-        // the deployed one, here and for every other replica.
-        let json =
-            serde_json::to_vec_pretty(&record).map_err(|e| ApiError::internal(e.to_string()))?;
-        self.store.put(&record_path(name), json).await?;
+        // The record is written last (signed): until then the previous
+        // version is the deployed one, here and for every other replica.
+        self.store.put_signed(&record_path(name), &record).await?;
         self.deployed
             .write()
             .expect("lock")
             .insert(name.to_owned(), deployed.clone());
         drop(_guard);
+        drop(_slot);
         let mut compiled = cached;
         if let Some(pending) = compile {
             let task = self.spawn_compile(pending);
@@ -594,13 +645,12 @@ impl Functions {
     ) -> Result<eryx::Sandbox, ApiError> {
         let mut sandbox = eryx::Sandbox::builder(runtime)
             .with_timeout(Duration::from_millis(record.timeout_ms))
+            .with_result_limit_bytes(self.limits.max_response_bytes)
             .with_memory_limit_bytes(record.memory_mb << 20);
         for (key, value) in &record.env {
             sandbox = sandbox.with_env(key, value);
         }
-        sandbox
-            .build()
-            .map_err(|e| ApiError::internal(e.to_string()))
+        sandbox.build().map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
     /// Imports the module and snapshots it (the deploy-time check that it
@@ -613,19 +663,29 @@ impl Functions {
                 module_name: &module_name,
                 source,
                 handler: &record.handler,
-                import_timeout: IMPORT_TIMEOUT,
+                import_timeout: self.limits.deploy_import_timeout,
                 memory_limit_bytes: Some(record.memory_mb << 20),
             })
             .await
             .map_err(|error| match error {
-                eryx::Error::Timeout { limit } => ApiError::bad_request(format!(
-                    "the module's top-level code ran longer than {} s",
-                    limit.as_secs()
-                )),
+                eryx::Error::Timeout { limit } => ApiError::new(
+                    ErrorCode::DeployFailed,
+                    format!(
+                        "the module's top-level code ran longer than the import timeout of {} ms",
+                        limit.as_millis()
+                    ),
+                ),
                 error => {
-                    let mut api = ApiError::from_eryx(error, StatusCode::BAD_REQUEST);
-                    if api.status == StatusCode::BAD_REQUEST {
-                        api.code = "deploy_failed";
+                    let mut api = ApiError::from_eryx(error);
+                    // The module's own failures are the deployer's to fix.
+                    if matches!(
+                        api.code,
+                        ErrorCode::PythonException
+                            | ErrorCode::PythonSyntaxError
+                            | ErrorCode::PythonExit
+                            | ErrorCode::Trap
+                    ) {
+                        api.code = ErrorCode::DeployFailed;
                         api.message = format!("the module failed to import: {}", api.message);
                     }
                     api
@@ -636,6 +696,7 @@ impl Functions {
                 sandbox: self.sandbox(&self.base_runtime, &record)?,
                 module_name,
                 source: source.into(),
+                import_timeout: self.limits.deploy_import_timeout,
             },
             record,
             slots: self.new_slots(),

@@ -33,7 +33,8 @@ impl AppState {
     /// Why the gateway is not ready.
     pub(crate) fn startup_detail(&self) -> String {
         match self.startup_error.get() {
-            Some(error) => format!("start-up failed: {error}"),
+            // The error itself is in the log: it names paths and buckets.
+            Some(_) => "start-up failed (the gateway's log says why)".to_owned(),
             None => "starting: preparing the base snapshot".to_owned(),
         }
     }
@@ -214,9 +215,14 @@ async fn startup(state: &AppState) -> Result<Arc<Functions>, String> {
         .store
         .clone()
         .unwrap_or_else(|| eryx_preinit::default_store_location(data_dir));
+    let key = match &config.signing_key {
+        Some(key) => key.clone(),
+        None => eryx_preinit::signing_key(data_dir).map_err(|e| e.to_string())?,
+    };
     let store = eryx_preinit::ArtifactStore::open_with_options(
         &location,
         &cache_dir,
+        &key,
         config
             .store_options
             .iter()
@@ -229,7 +235,7 @@ async fn startup(state: &AppState) -> Result<Arc<Functions>, String> {
     let engine = eryx::Engine::new(
         eryx::EngineOptions::default()
             .with_pool_size(pool_size)
-            .with_compile_cache_dir(cache_dir.join("compile")),
+            .with_compile_cache(cache_dir.join("compile"), key.clone()),
     )
     .map_err(|e| e.to_string())?;
     let (runtime, report) =
@@ -267,12 +273,19 @@ async fn startup(state: &AppState) -> Result<Arc<Functions>, String> {
 async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let limits = state.config.limits.clone();
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
     loop {
+        // At most `max_connections` open: past it, clients wait in the
+        // kernel's backlog instead of costing a task and a buffer each.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+            _ = shutdown.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
@@ -295,6 +308,7 @@ async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch:
                     if let Err(error) = connection.await {
                         tracing::debug!("connection ended: {error}");
                     }
+                    drop(permit);
                 });
             }
             _ = shutdown.changed() => break,

@@ -6,8 +6,12 @@ str, bytes, None) to WIT values. User code runs as the body of `__main__`.
 """
 
 import ast
+import os
 import sys
 import types
+
+# Bound once, so user code that rebinds `os.write` cannot divert output.
+_os_write = os.write
 
 FILENAME = "<exec>"
 # Files of user code: tracebacks start at their first frame.
@@ -18,29 +22,28 @@ _CO_COROUTINE = 0x80
 
 
 class _Capture:
-    """A text stream that keeps at most `limit` bytes (UTF-8) of what is written."""
+    """A text stream that writes through to a WASI descriptor (1 or 2).
+
+    The host keeps what reaches the descriptor up to the call's output limit
+    (user code cannot lift a cap kept there), and what was written before a
+    trap is not lost with the instance. `limit` is kept for the driver's
+    callers; the host does the capping.
+    """
 
     encoding = "utf-8"
     errors = "backslashreplace"
     newlines = None
 
-    def __init__(self, name, limit):
+    def __init__(self, name, limit, fd=None):
         self.name = name
-        self._limit = limit
-        self._buf = bytearray()
-        self._dropped = 0
+        self._fd = fd if fd is not None else (2 if "err" in name else 1)
 
     def write(self, s):
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        data = s.encode("utf-8", "backslashreplace")
-        room = self._limit - len(self._buf)
-        if len(data) <= room:
-            self._buf += data
-        else:
-            if room > 0:
-                self._buf += data[:room]
-            self._dropped += len(data) - max(room, 0)
+        data = memoryview(s.encode("utf-8", "backslashreplace"))
+        while data:
+            data = data[_os_write(self._fd, data):]
         return len(s)
 
     def writelines(self, lines):
@@ -72,11 +75,8 @@ class _Capture:
         raise io.UnsupportedOperation("fileno")
 
     def getvalue(self):
-        # A cut in the middle of a character leaves a partial sequence: drop it.
-        text = self._buf.decode("utf-8", "ignore")
-        if self._dropped:
-            text += f"\n[eryx: output truncated, {self._dropped} more bytes not shown]\n"
-        return text
+        # Everything went to the descriptor; the host returns it.
+        return ""
 
 
 class _Selector:
@@ -490,12 +490,14 @@ class Context:
         self.function_name = fields["function_name"]
         self.function_version = fields["function_version"]
         self.timeout_ms = fields["timeout_ms"]
-        self._deadline = time.monotonic() + self.timeout_ms / 1000
+        self._deadline = None if self.timeout_ms is None else time.monotonic() + self.timeout_ms / 1000
 
     def remaining_time_ms(self):
-        """Milliseconds left before the gateway stops this call."""
+        """Milliseconds left before this call is stopped; None without a timeout."""
         import time
 
+        if self._deadline is None:
+            return None
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
     # The name AWS Lambda's Python runtime uses, for handlers written for it.

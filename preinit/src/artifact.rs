@@ -126,7 +126,7 @@ pub async fn ensure_runtime(
     for _attempt in 0..2 {
         let found = match store.manifest(&key).await {
             Ok(found) => found,
-            Err(error @ Error::BadManifest(_)) => {
+            Err(error @ (Error::BadManifest(_) | Error::BadSignature { .. })) => {
                 tracing::warn!(key, "artifact manifest unusable, rebuilding: {error}");
                 rejected.push(error.to_string());
                 store.remove(&key).await?;

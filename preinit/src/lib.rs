@@ -23,7 +23,7 @@ pub mod python;
 pub mod store;
 
 pub use artifact::{Origin, PRELOAD_MODULES, Report, artifact_key, ensure_runtime};
-pub use store::{ArtifactStore, Manifest};
+pub use store::{ArtifactStore, Manifest, is_artifact_key};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -68,6 +68,17 @@ pub enum Error {
     /// A stored manifest is malformed, of another format, or for another key.
     #[error("bad artifact manifest: {0}")]
     BadManifest(String),
+    /// A stored document is unsigned, or its signature does not verify under
+    /// this host's signing key (written by someone without the key, or
+    /// changed since); it was not used.
+    #[error("{path} is not signed with this host's signing key; refused")]
+    BadSignature {
+        /// The document's location.
+        path: String,
+    },
+    /// A stored document does not parse.
+    #[error("malformed stored document: {0}")]
+    Decode(String),
     /// Pre-initializing, precompiling or loading with the eryx runtime failed.
     #[error(transparent)]
     Runtime(Box<eryx::Error>),
@@ -124,6 +135,31 @@ pub struct Artifacts {
 /// The default artifact store inside a data directory: `<data_dir>/store`.
 pub fn default_store_location(data_dir: &Path) -> String {
     data_dir.join("store").display().to_string()
+}
+
+/// The signing key of this host (see [`eryx::SigningKey`]): from
+/// `ERYX_SIGNING_KEY` (hex) when set, else from the file
+/// `ERYX_SIGNING_KEY_FILE` (which must exist), else from `<data_dir>/signing.key`, created with
+/// a random 256-bit key on first use. Hosts that share a store (gateway
+/// replicas) must share the key; someone who can only write the store must
+/// not have it.
+///
+/// # Errors
+/// [`Error::Runtime`] wrapping [`eryx::Error::Config`] for a malformed key;
+/// [`Error::Io`] when the file cannot be read or created.
+pub fn signing_key(data_dir: &Path) -> Result<eryx::SigningKey> {
+    if let Ok(hex) = std::env::var("ERYX_SIGNING_KEY") {
+        return Ok(eryx::SigningKey::from_hex(&hex)?);
+    }
+    if let Some(path) = std::env::var_os("ERYX_SIGNING_KEY_FILE") {
+        // A named file must exist: creating one per replica would give each
+        // its own key.
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("signing key file {}: {e}", Path::new(&path).display()))
+        })?;
+        return Ok(eryx::SigningKey::from_hex(&text)?);
+    }
+    Ok(eryx::SigningKey::load_or_create(&data_dir.join("signing.key"))?)
 }
 
 /// Where downloaded artifacts are cached inside a data directory.

@@ -20,6 +20,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+
 use crate::{Error, Result, atomic_write};
 
 /// The description stored beside every artifact.
@@ -81,12 +82,30 @@ impl Manifest {
 /// Current [`Manifest::format`].
 pub const MANIFEST_FORMAT: u32 = 3;
 
+/// Name of the field that carries a signed document's HMAC.
+const SIGNATURE_FIELD: &str = "signature";
+
+/// Whether `key` has the shape of an artifact key (64 lowercase hex digits),
+/// so it is safe to use in a store path or a local file name.
+pub fn is_artifact_key(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Where artifacts are published and fetched from.
+///
+/// Trust: the store may be writable by others (a shared bucket), so every
+/// JSON document this store writes — artifact manifests, and what callers
+/// write with [`put_signed`](Self::put_signed) — carries an HMAC-SHA256
+/// under the hosts' [`SigningKey`](eryx::SigningKey), which the store never
+/// holds; reading one that is unsigned or wrongly signed fails with
+/// [`Error::BadSignature`], so bytes no key holder published are never
+/// loaded as native code.
 #[derive(Clone)]
 pub struct ArtifactStore {
     store: Arc<dyn ObjectStore>,
     location: String,
     cache_dir: PathBuf,
+    key: eryx::SigningKey,
 }
 
 impl std::fmt::Debug for ArtifactStore {
@@ -103,14 +122,21 @@ impl ArtifactStore {
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and for a
     /// local S3-compatible server `AWS_ENDPOINT_URL` with `AWS_ALLOW_HTTP=true`).
     /// Path-style requests are used. Downloads are cached in `cache_dir`.
+    /// Documents are signed and checked with `key` (see
+    /// [`crate::signing_key`] for the default one).
     ///
     /// # Errors
     /// [`Error::Store`] when the location is malformed or the directory
     /// cannot be created.
-    pub fn open(location: &str, cache_dir: &Path) -> Result<ArtifactStore> {
+    pub fn open(
+        location: &str,
+        cache_dir: &Path,
+        key: &eryx::SigningKey,
+    ) -> Result<ArtifactStore> {
         ArtifactStore::open_with_options(
             location,
             cache_dir,
+            key,
             std::iter::empty::<(String, String)>(),
         )
     }
@@ -125,6 +151,7 @@ impl ArtifactStore {
     pub fn open_with_options(
         location: &str,
         cache_dir: &Path,
+        key: &eryx::SigningKey,
         options: impl IntoIterator<Item = (impl AsRef<str>, impl Into<String>)>,
     ) -> Result<ArtifactStore> {
         let store: Arc<dyn ObjectStore> = if let Some(rest) = location.strip_prefix("s3://") {
@@ -168,6 +195,7 @@ impl ArtifactStore {
             store,
             location: location.to_owned(),
             cache_dir: cache_dir.to_owned(),
+            key: key.clone(),
         })
     }
 
@@ -194,16 +222,25 @@ impl ArtifactStore {
     ///
     /// # Errors
     /// [`Error::Store`] when the store cannot be reached;
+    /// [`Error::BadSignature`] when it is not signed with this store's key;
     /// [`Error::BadManifest`] when the manifest does not parse or is of
-    /// another format or key.
+    /// another format or key, or `key` is not an artifact key.
     pub async fn manifest(&self, key: &str) -> Result<Option<Manifest>> {
-        let bytes = match self.store.get(&Self::object(key, "json")).await {
-            Ok(object) => object.bytes().await.map_err(store_error)?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(store_error(e)),
+        if !is_artifact_key(key) {
+            return Err(Error::BadManifest(format!(
+                "{key:?} is not an artifact key (64 hex digits)"
+            )));
+        }
+        let Some(manifest): Option<Manifest> = self
+            .get_signed(&format!("artifacts/{key}.json"))
+            .await
+            .map_err(|error| match error {
+                Error::Decode(message) => Error::BadManifest(format!("manifest of {key}: {message}")),
+                error => error,
+            })?
+        else {
+            return Ok(None);
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::BadManifest(format!("manifest of {key}: {e}")))?;
         if manifest.format != MANIFEST_FORMAT || manifest.key != key {
             return Err(Error::BadManifest(format!(
                 "manifest of {key} has format {} and key {}",
@@ -221,6 +258,7 @@ impl ArtifactStore {
     /// [`Error::Store`] when the download fails; [`Error::HashMismatch`] when
     /// the stored bytes are corrupt.
     pub async fn fetch(&self, manifest: &Manifest) -> Result<PathBuf> {
+        check_key(&manifest.key)?;
         self.fetch_verified(
             &manifest.key,
             "cwasm",
@@ -270,6 +308,7 @@ impl ArtifactStore {
     /// [`Error::Store`] when the manifest records no snapshot or the download
     /// fails; [`Error::HashMismatch`] when the stored bytes are corrupt.
     pub async fn fetch_snapshot(&self, manifest: &Manifest) -> Result<PathBuf> {
+        check_key(&manifest.key)?;
         let Some(expected) = &manifest.snapshot_blake3 else {
             return Err(Error::Store(format!(
                 "artifact {} has no stored snapshot",
@@ -291,6 +330,7 @@ impl ArtifactStore {
     /// # Errors
     /// [`Error::Store`] when the upload fails.
     pub async fn publish_snapshot(&self, key: &str, wasm: Vec<u8>) -> Result<()> {
+        check_key(key)?;
         atomic_write(&self.snapshot_cache_path(key), &wasm)?;
         self.put(&format!("artifacts/{key}.wasm"), wasm).await
     }
@@ -355,6 +395,7 @@ impl ArtifactStore {
     /// # Errors
     /// [`Error::Store`] when an upload fails.
     pub async fn publish(&self, manifest: &Manifest, cwasm: Vec<u8>) -> Result<()> {
+        check_key(&manifest.key)?;
         atomic_write(&self.cache_path(&manifest.key), &cwasm)?;
         self.store
             .put(
@@ -363,12 +404,62 @@ impl ArtifactStore {
             )
             .await
             .map_err(store_error)?;
-        let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Store(e.to_string()))?;
-        self.store
-            .put(&Self::object(&manifest.key, "json"), PutPayload::from(json))
+        self.put_signed(&format!("artifacts/{}.json", manifest.key), manifest)
             .await
-            .map_err(store_error)?;
-        Ok(())
+    }
+
+    /// Writes `document` as JSON at `path` with an HMAC under this store's
+    /// key in its top-level field `signature` (the tag covers the document's
+    /// JSON without that field).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the upload fails; [`Error::Decode`] when
+    /// `document` is not a JSON object.
+    pub async fn put_signed(&self, path: &str, document: &impl Serialize) -> Result<()> {
+        let mut value = serde_json::to_value(document).map_err(|e| Error::Decode(e.to_string()))?;
+        let object = value
+            .as_object_mut()
+            .ok_or_else(|| Error::Decode("a signed document must be a JSON object".into()))?;
+        object.remove(SIGNATURE_FIELD);
+        let unsigned = serde_json::to_vec(object).map_err(|e| Error::Decode(e.to_string()))?;
+        object.insert(
+            SIGNATURE_FIELD.to_owned(),
+            self.key.sign_hex(&unsigned).into(),
+        );
+        let json = serde_json::to_vec_pretty(&value).map_err(|e| Error::Decode(e.to_string()))?;
+        self.put(path, json).await
+    }
+
+    /// Reads the signed JSON document at `path` (see
+    /// [`put_signed`](Self::put_signed)), or `None` when there is none.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be reached;
+    /// [`Error::BadSignature`] when the document has no signature or one
+    /// that does not verify under this store's key (it was not written by a
+    /// holder of the key, or was changed since); [`Error::Decode`] when it
+    /// does not parse as `T`.
+    pub async fn get_signed<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        let Some(bytes) = self.get(path).await? else {
+            return Ok(None);
+        };
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{path}: {e}")))?;
+        let bad = || Error::BadSignature {
+            path: format!("{}/{path}", self.location),
+        };
+        let object = value.as_object_mut().ok_or_else(bad)?;
+        let signature = match object.remove(SIGNATURE_FIELD) {
+            Some(serde_json::Value::String(signature)) => signature,
+            _ => return Err(bad()),
+        };
+        let unsigned = serde_json::to_vec(object).map_err(|e| Error::Decode(e.to_string()))?;
+        if !self.key.verify_hex(&unsigned, &signature) {
+            return Err(bad());
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| Error::Decode(format!("{path}: {e}")))
     }
 
     /// Removes an artifact (manifest first, so it is unpublished before its
@@ -377,6 +468,7 @@ impl ArtifactStore {
     /// # Errors
     /// [`Error::Store`] when the store refuses the deletion.
     pub async fn remove(&self, key: &str) -> Result<()> {
+        check_key(key)?;
         for extension in ["json", "cwasm", "wasm"] {
             match self.store.delete(&Self::object(key, extension)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -390,6 +482,17 @@ impl ArtifactStore {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses a key that could name another path.
+fn check_key(key: &str) -> Result<()> {
+    if is_artifact_key(key) {
+        Ok(())
+    } else {
+        Err(Error::BadManifest(format!(
+            "{key:?} is not an artifact key (64 hex digits)"
+        )))
     }
 }
 

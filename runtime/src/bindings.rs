@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use wasmtime::component::{Accessor, HasSelf, ResourceTable};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::output::OutputCapture;
 use crate::{Error, Result};
 
 wasmtime::component::bindgen!({
@@ -20,8 +20,8 @@ wasmtime::component::bindgen!({
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) stdout: MemoryOutputPipe,
-    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) stdout: OutputCapture,
+    pub(crate) stderr: OutputCapture,
     pub(crate) limiter: MemoryLimiter,
 }
 
@@ -70,15 +70,16 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 impl HostState {
     /// The sandbox's WASI world: the standard library read-only at `/python`,
     /// the few environment variables CPython needs, captured stdout/stderr
-    /// (each kept up to `output_limit_bytes`), `env` added to the
+    /// (each kept up to `output_limit_bytes` per call, on the host), `env`
+    /// (validated: no `=` or NUL in names, no NUL in values) added to the
     /// environment, no sockets, nothing else.
     pub(crate) fn new(
         stdlib_dir: &Path,
         output_limit_bytes: u32,
         env: &[(String, String)],
     ) -> Result<HostState> {
-        let stdout = MemoryOutputPipe::new(output_limit_bytes as usize);
-        let stderr = MemoryOutputPipe::new(output_limit_bytes as usize);
+        let stdout = OutputCapture::new(output_limit_bytes as usize);
+        let stderr = OutputCapture::new(output_limit_bytes as usize);
         let mut wasi = WasiCtxBuilder::new();
         wasi.preopened_dir(stdlib_dir, "python", FsPerms::ReadOnly)
             .map_err(|e| {
@@ -96,6 +97,7 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         for (key, value) in env {
+            check_env(key, value)?;
             wasi.env(key, value);
         }
         Ok(HostState {
@@ -106,6 +108,21 @@ impl HostState {
             limiter: MemoryLimiter::default(),
         })
     }
+}
+
+/// Checks one environment variable for an instance: a name that is not
+/// empty and has no `=` or NUL, a value without NUL (WASI passes them as C
+/// strings; a NUL would make every instance fail at start).
+///
+/// # Errors
+/// [`Error::Config`] naming the variable.
+pub(crate) fn check_env(key: &str, value: &str) -> Result<()> {
+    if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+        return Err(Error::Config(format!(
+            "environment variable {key:?}: a name must be non-empty without `=` or NUL, a value without NUL"
+        )));
+    }
+    Ok(())
 }
 
 impl WasiView for HostState {

@@ -25,6 +25,20 @@ const CORE_INSTANCES_PER_INSTANCE: u32 = 24;
 const MEMORIES_PER_INSTANCE: u32 = 2;
 const TABLES_PER_INSTANCE: u32 = 4;
 
+/// Native stack that compiled wasm code may use per instance: 16 MiB (wasmtime's
+/// default is 512 KiB). CPython guards only its C stack in linear memory (1 MiB,
+/// wit-component's default link) and raises `RecursionError` near its end; a
+/// C recursion level costs more native stack than linear stack, so with the
+/// default the native stack ran out first and deep `repr`/`==`/`json`
+/// recursion trapped instead of raising. 16 MiB is what CPython's own WASI
+/// test runner gives wasmtime (`--wasm max-wasm-stack=16777216`). The stack
+/// is reserved address space, committed as it is touched.
+const WASM_STACK_BYTES: usize = 16 << 20;
+
+/// Stack left for host functions on an instance's fiber, beyond
+/// [`WASM_STACK_BYTES`] (wasmtime requires the async stack to be larger).
+const HOST_STACK_BYTES: usize = 1 << 20;
+
 /// How often the engine's epoch advances: the granularity of execution
 /// timeouts (see [`Engine::deadline_ticks`]).
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -34,7 +48,7 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
 pub(crate) const NO_DEADLINE: u64 = 1 << 60;
 
 /// Sizing of the engine's instance pool, and where compiled code is cached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EngineOptions {
     /// How many instances may be alive at once (default 1,000). Each reserves
@@ -47,8 +61,13 @@ pub struct EngineOptions {
     /// no cache). With it, compiling a component whose functions were compiled
     /// before — such as a per-function snapshot of the base snapshot, which
     /// differs from it only in data — reuses the machine code of every
-    /// unchanged function instead of compiling it again.
+    /// unchanged function instead of compiling it again. Needs
+    /// [`signing_key`](EngineOptions::signing_key): every entry is signed, and
+    /// one that does not verify is compiled again, never loaded.
     pub compile_cache_dir: Option<PathBuf>,
+    /// The key that signs and checks compile-cache entries (see
+    /// [`SigningKey`](crate::SigningKey)).
+    pub signing_key: Option<crate::SigningKey>,
 }
 
 impl Default for EngineOptions {
@@ -57,6 +76,7 @@ impl Default for EngineOptions {
             pool_size: 1_000,
             max_memory_bytes: 512 << 20,
             compile_cache_dir: None,
+            signing_key: None,
         }
     }
 }
@@ -74,9 +94,11 @@ impl EngineOptions {
         self
     }
 
-    /// Sets [`compile_cache_dir`](EngineOptions::compile_cache_dir).
-    pub fn with_compile_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+    /// Sets [`compile_cache_dir`](EngineOptions::compile_cache_dir) and the
+    /// [`signing_key`](EngineOptions::signing_key) its entries are signed with.
+    pub fn with_compile_cache(mut self, dir: impl Into<PathBuf>, key: crate::SigningKey) -> Self {
         self.compile_cache_dir = Some(dir.into());
+        self.signing_key = Some(key);
         self
     }
 }
@@ -116,6 +138,8 @@ fn base_config(cache: Option<&Arc<dyn wasmtime::CacheStore>>) -> Result<Config> 
     // Fixed, not derived from `max_memory_bytes`, so the pool knobs never
     // change compiled code: bounds checks are elided within a 4 GiB reservation.
     config.memory_reservation(4 << 30);
+    config.max_wasm_stack(WASM_STACK_BYTES);
+    config.async_stack_size(WASM_STACK_BYTES + HOST_STACK_BYTES);
     config.memory_guard_size(32 << 20);
     Ok(config)
 }
@@ -145,10 +169,17 @@ impl Engine {
             .table_elements(64 * 1024)
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20);
-        let cache = match &options.compile_cache_dir {
-            Some(dir) => Some(Arc::new(crate::compile_cache::DiskCache::open(dir)?)
-                as Arc<dyn wasmtime::CacheStore>),
-            None => None,
+        let cache = match (&options.compile_cache_dir, &options.signing_key) {
+            (Some(dir), Some(key)) => {
+                Some(Arc::new(crate::compile_cache::DiskCache::open(dir, key.clone())?)
+                    as Arc<dyn wasmtime::CacheStore>)
+            }
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "a compile cache needs a signing key (EngineOptions::with_compile_cache)".into(),
+                ));
+            }
+            (None, _) => None,
         };
         let mut config = base_config(cache.as_ref())?;
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

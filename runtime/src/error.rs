@@ -72,9 +72,32 @@ pub enum Error {
         /// trapping).
         error: Option<Box<PythonError>>,
     },
-    /// The WebAssembly instance trapped (a guest crash or a limit hit).
+    /// The WebAssembly instance trapped (a guest crash or a limit hit); the
+    /// instance is gone, the output written before the trap is kept.
     #[error("the sandbox trapped: {0}")]
-    Trap(String),
+    Trap(Box<TrapError>),
+    /// The handler's result, or an `execute` result, is larger than the
+    /// sandbox's result limit (see
+    /// [`SandboxBuilder::with_result_limit_bytes`](crate::SandboxBuilder::with_result_limit_bytes)).
+    #[error("the result is {size} bytes, over the limit of {limit} bytes")]
+    ResultTooLarge {
+        /// The result's size, in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The guest returned a handler result that is not JSON (user code can
+    /// rebind what the guest serializes with); the result was dropped.
+    #[error("the handler's result is not valid JSON")]
+    ResultNotJson,
+    /// The session's instance was stopped by an earlier timeout or trap; open
+    /// a new session.
+    #[error("this session's instance stopped at an earlier timeout or trap")]
+    SessionEnded,
+    /// Every instance slot of the engine's pool is in use; retry later.
+    /// (sized by [`EngineOptions::pool_size`](crate::EngineOptions::pool_size)).
+    #[error("no free instance slot: {0}")]
+    PoolExhausted(String),
     /// A precompiled artifact's bytes do not have the content hash (BLAKE3)
     /// its manifest records (corrupted or substituted); it was not loaded.
     #[error("corrupt artifact {path}: content hash is {actual}, expected {expected}")]
@@ -108,16 +131,120 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// What kind of trap ended an instance, by wasmtime's trap code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrapKind {
+    /// The wasm call stack was exhausted (deep recursion in C code).
+    StackOverflow,
+    /// A load or store outside linear memory, or a table access out of
+    /// bounds (e.g. the C stack in linear memory overran its region).
+    OutOfBounds,
+    /// `unreachable` was executed (a guest panic or `abort()`).
+    Unreachable,
+    /// Integer division by zero or overflow in a conversion.
+    Arithmetic,
+    /// A call through a function table went wrong (null or wrong signature).
+    IndirectCall,
+    /// The instance was interrupted (its epoch deadline passed).
+    Interrupt,
+    /// A host function or wasmtime itself refused to continue (e.g. a WASI
+    /// call that failed fatally).
+    Host,
+    /// Another trap code.
+    Other,
+}
+
+impl TrapKind {
+    fn of(trap: Option<&wasmtime::Trap>) -> TrapKind {
+        use wasmtime::Trap;
+        match trap {
+            Some(Trap::StackOverflow) => TrapKind::StackOverflow,
+            Some(Trap::MemoryOutOfBounds | Trap::TableOutOfBounds | Trap::HeapMisaligned) => {
+                TrapKind::OutOfBounds
+            }
+            Some(Trap::UnreachableCodeReached) => TrapKind::Unreachable,
+            Some(Trap::IntegerDivisionByZero | Trap::IntegerOverflow | Trap::BadConversionToInteger) => {
+                TrapKind::Arithmetic
+            }
+            Some(Trap::IndirectCallToNull | Trap::BadSignature) => TrapKind::IndirectCall,
+            Some(Trap::Interrupt) => TrapKind::Interrupt,
+            Some(_) => TrapKind::Other,
+            None => TrapKind::Host,
+        }
+    }
+}
+
+/// A trap that ended an instance: its kind, wasmtime's description, and what
+/// the code wrote before it (each capped as the sandbox's output limit says).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TrapError {
+    /// The trap code's kind.
+    pub kind: TrapKind,
+    /// wasmtime's description of the trap (without the wasm backtrace).
+    pub message: String,
+    /// What the code wrote to stdout before the trap.
+    pub stdout: String,
+    /// What the code wrote to stderr before the trap.
+    pub stderr: String,
+}
+
+impl fmt::Display for TrapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl Error {
-    /// Classifies an error from wasmtime: a trap or a host failure.
+    /// Classifies an error from wasmtime: a trap, an exit (`proc_exit`, as
+    /// `os._exit` calls it), a full instance pool, or a host failure.
     pub(crate) fn from_wasmtime(error: wasmtime::Error) -> Error {
-        if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        Error::from_wasmtime_with_output(error, String::new(), String::new())
+    }
+
+    /// As [`from_wasmtime`](Error::from_wasmtime), with the output the
+    /// instance wrote before it failed.
+    pub(crate) fn from_wasmtime_with_output(
+        error: wasmtime::Error,
+        stdout: String,
+        stderr: String,
+    ) -> Error {
+        if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return Error::Exit {
+                code: exit.0,
+                message: None,
+                stdout,
+                stderr,
+            };
+        }
+        if let Some(limit) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+            return Error::PoolExhausted(limit.to_string());
+        }
+        let trap = error.downcast_ref::<wasmtime::Trap>();
+        if trap.is_some() || error.downcast_ref::<wasmtime::WasmBacktrace>().is_some() {
             // The wasm backtrace can run to thousands of frames (a stack
             // overflow); keep it in the log, not in the error.
             tracing::debug!("trap: {error:#}");
-            Error::Trap(trap.to_string())
-        } else {
-            Error::Host(format!("{error:#}"))
+            let message = match trap {
+                Some(trap) => trap.to_string(),
+                None => error.to_string(),
+            };
+            return Error::Trap(Box::new(TrapError {
+                kind: TrapKind::of(trap),
+                message: crate::untrusted::cap(message, crate::untrusted::MAX_MESSAGE_BYTES),
+                stdout,
+                stderr,
+            }));
+        }
+        Error::Host(format!("{error:#}"))
+    }
+
+    /// The trap, for [`Error::Trap`].
+    pub fn trap(&self) -> Option<&TrapError> {
+        match self {
+            Error::Trap(trap) => Some(trap),
+            _ => None,
         }
     }
 

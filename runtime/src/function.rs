@@ -11,7 +11,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wizer::{WasmtimeWizerComponent, Wizer};
 
 use crate::bindings::{self, HostState};
-use crate::session::{call_error, guest_error};
+use crate::session::{call_error, guest_error, within};
 use crate::{Engine, Error, Result};
 
 /// Output kept of each of stdout and stderr while a function's module is
@@ -87,11 +87,12 @@ impl FunctionBuilder {
             .instrument_component(&base_snapshot)
             .map_err(Error::from_wasmtime)?;
         let unpooled = engine.unpooled()?;
-        let component = compile_cached(
-            &unpooled,
-            &instrumented,
-            engine.options().compile_cache_dir.as_deref(),
-        )?;
+        let options = engine.options();
+        let cache = options
+            .compile_cache_dir
+            .as_deref()
+            .zip(options.signing_key.as_ref());
+        let component = compile_cached(&unpooled, &instrumented, cache)?;
         let linker = crate::engine::linker(&unpooled)?;
         Ok(FunctionBuilder {
             engine: engine.clone(),
@@ -111,7 +112,8 @@ impl FunctionBuilder {
     /// [`Error::Compile`] for a syntax error; [`Error::Exception`] when the
     /// module raises while imported or lacks the handler (type
     /// `eryx.HandlerNotFound`); [`Error::Exit`] when it calls `sys.exit`;
-    /// [`Error::Timeout`] past `import_timeout`; [`Error::MemoryLimit`];
+    /// [`Error::Timeout`] past `import_timeout` (also when the module is
+    /// blocked in the host, e.g. in `time.sleep`); [`Error::MemoryLimit`];
     /// [`Error::Host`] when snapshotting fails.
     pub async fn snapshot(&self, function: &FunctionSource<'_>) -> Result<FunctionSnapshot> {
         let start = Instant::now();
@@ -135,22 +137,41 @@ impl FunctionBuilder {
             .map_err(Error::from_wasmtime)?;
         let sandbox =
             bindings::Sandbox::new(&mut store, &instance).map_err(Error::from_wasmtime)?;
-        let loaded = sandbox
-            .call_load_function(
+        // The epoch deadline stops code that runs; the host-side timer stops
+        // code blocked in the host (`time.sleep` at import), so a deploy never
+        // outlives its import timeout.
+        let loaded = within(
+            Some(function.import_timeout),
+            sandbox.call_load_function(
                 &mut store,
                 function.module_name,
                 function.source,
                 function.handler,
-            )
-            .await;
-        let memory_hit = store.data().limiter.hit();
-        let fd_out = String::from_utf8_lossy(&store.data().stdout.contents()).into_owned();
-        let fd_err = String::from_utf8_lossy(&store.data().stderr.contents()).into_owned();
+            ),
+        )
+        .await?;
+        let state = store.data();
+        let memory_hit = state.limiter.hit();
+        let (fd_out, fd_err) = (state.stdout.take(), state.stderr.take());
         match loaded {
             Err(error) => {
-                return Err(call_error(error, Some(function.import_timeout), memory_hit));
+                return Err(call_error(
+                    error,
+                    Some(function.import_timeout),
+                    memory_hit,
+                    fd_out,
+                    fd_err,
+                ));
             }
-            Ok(Err(error)) => return Err(guest_error(error, fd_out, fd_err, memory_hit)),
+            Ok(Err(error)) => {
+                return Err(guest_error(
+                    error,
+                    fd_out,
+                    fd_err,
+                    memory_hit,
+                    IMPORT_OUTPUT_LIMIT_BYTES as usize,
+                ));
+            }
             Ok(Ok(())) => {}
         }
         let mut target = WasmtimeWizerComponent {
@@ -192,29 +213,39 @@ impl FunctionBuilder {
 }
 
 /// Compiles `wasm` on `engine`, keeping the compiled form in `cache_dir` (by
-/// the content hash of `wasm`) when there is one.
+/// the content hash of `wasm`, signed with `key`) when there is one.
 fn compile_cached(
     engine: &wasmtime::Engine,
     wasm: &[u8],
-    cache_dir: Option<&Path>,
+    cache: Option<(&Path, &crate::SigningKey)>,
 ) -> Result<Component> {
-    let Some(dir) = cache_dir else {
+    let Some((dir, key)) = cache else {
         return Component::new(engine, wasm).map_err(Error::from_wasmtime);
     };
     let path = dir.join(format!("component-{}.cwasm", crate::content_hash(wasm)));
-    if path.exists() {
-        // SAFETY: the file was written by `serialize` below from a component
-        // this process family compiled; wasmtime checks that its header
-        // matches this engine's version and settings and refuses otherwise.
-        match unsafe { Component::deserialize_file(engine, &path) } {
-            Ok(component) => return Ok(component),
-            Err(error) => tracing::warn!("recompiling {}: {error:#}", path.display()),
+    // One read: the bytes whose tag is checked are the bytes deserialized.
+    if let Ok(entry) = std::fs::read(&path) {
+        match entry.split_at_checked(32) {
+            Some((tag, bytes)) if key.verify(bytes, tag) => {
+                // SAFETY: these bytes carry a valid HMAC under the engine's
+                // signing key, which only `serialize` below (in a process
+                // holding the key) produces, so they are a component this
+                // engine configuration compiled; wasmtime also checks the
+                // header's version and settings and refuses a mismatch.
+                match unsafe { Component::deserialize(engine, bytes) } {
+                    Ok(component) => return Ok(component),
+                    Err(error) => tracing::warn!("recompiling {}: {error:#}", path.display()),
+                }
+            }
+            _ => tracing::warn!("{} has a bad tag: recompiling", path.display()),
         }
     }
     let component = Component::new(engine, wasm).map_err(Error::from_wasmtime)?;
     let bytes = component.serialize().map_err(Error::from_wasmtime)?;
+    let mut entry = key.sign(&bytes).to_vec();
+    entry.extend_from_slice(&bytes);
     let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&temporary, bytes)
+    if std::fs::write(&temporary, entry)
         .and_then(|()| std::fs::rename(&temporary, &path))
         .is_err()
     {

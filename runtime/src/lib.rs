@@ -34,16 +34,20 @@ mod compile_cache;
 mod engine;
 mod error;
 mod function;
+mod output;
 mod runtime;
 mod sandbox;
 mod session;
+mod signing;
+mod untrusted;
 
 pub use engine::{Engine, EngineOptions, WASMTIME_VERSION};
-pub use error::{Error, PythonError, Result};
+pub use error::{Error, PythonError, Result, TrapError, TrapKind};
 pub use function::{FunctionBuilder, FunctionSnapshot, FunctionSource};
 pub use runtime::{Runtime, RuntimeBuilder, content_hash};
 pub use sandbox::{
-    DEFAULT_OUTPUT_LIMIT_BYTES, ExecuteResult, HandlerContext, HandlerOutput, Sandbox,
+    DEFAULT_OUTPUT_LIMIT_BYTES, DEFAULT_RESULT_LIMIT_BYTES, DEFAULT_STATE_LIMIT_BYTES, ExecuteResult, HandlerContext, HandlerOutput, Sandbox,
     SandboxBuilder,
 };
 pub use session::{Session, StateSnapshot};
+pub use signing::SigningKey;

@@ -97,9 +97,12 @@ impl RuntimeBuilder {
     }
 
     /// Uses a component precompiled by [`Engine::precompile`] for an engine
-    /// with the same [`fingerprint`](Engine::fingerprint). The file is
-    /// checked against `hash` (its [`content_hash`], hex) before it is
-    /// loaded, so a corrupt or substituted file is refused, never executed.
+    /// with the same [`fingerprint`](Engine::fingerprint). The file is read
+    /// once and its bytes checked against `hash` (their [`content_hash`],
+    /// hex) before those same bytes are loaded, so a file that does not have
+    /// the hash is refused, never executed. The check is only as good as the
+    /// source of `hash`: eryx-preinit takes it from a manifest whose HMAC
+    /// under the hosts' [`SigningKey`](crate::SigningKey) verifies.
     pub fn with_precompiled_file(
         mut self,
         path: impl Into<PathBuf>,
@@ -187,11 +190,10 @@ pub fn content_hash(bytes: &[u8]) -> String {
 
 fn load_precompiled(engine: &Engine, path: &Path, expected: &str) -> Result<Component> {
     let start = Instant::now();
-    let actual = blake3::Hasher::new()
-        .update_mmap_rayon(path)?
-        .finalize()
-        .to_hex()
-        .to_string();
+    // One read of the file: the bytes hashed are the bytes deserialized, so
+    // a file swapped or rewritten after the check cannot be loaded instead.
+    let bytes = std::fs::read(path)?;
+    let actual = content_hash(&bytes);
     let hashed = start.elapsed();
     if actual != expected {
         return Err(Error::CorruptArtifact {
@@ -200,20 +202,20 @@ fn load_precompiled(engine: &Engine, path: &Path, expected: &str) -> Result<Comp
             actual,
         });
     }
-    let kind = wasmtime::Engine::detect_precompiled_file(path)
-        .map_err(|e| Error::Host(format!("{e:#}")))?;
+    let kind = wasmtime::Engine::detect_precompiled(&bytes);
     if kind != Some(wasmtime::Precompiled::Component) {
         return Err(Error::IncompatibleArtifact(format!(
             "{} is not a precompiled component",
             path.display()
         )));
     }
-    // SAFETY: the file's bytes are exactly the ones whose hash the artifact's
-    // manifest records; artifacts are only written by `Engine::precompile`,
-    // published by rename and never modified in place, so the mapping
-    // wasmtime makes sees the verified bytes. wasmtime also checks the
-    // header's version and configuration and refuses a mismatch.
-    let component = unsafe { Component::deserialize_file(engine.wasmtime(), path) }
+    // SAFETY: `bytes` are exactly the bytes whose content hash the caller
+    // took from the artifact's manifest, and eryx-preinit only hands over a
+    // manifest whose HMAC under the gateways' signing key verifies: they are
+    // the output of `Engine::precompile` on a host that holds the key.
+    // wasmtime also checks the header's version and configuration and
+    // refuses a mismatch.
+    let component = unsafe { Component::deserialize(engine.wasmtime(), &bytes) }
         .map_err(|e| Error::IncompatibleArtifact(format!("{}: {e:#}", path.display())))?;
     tracing::debug!(
         hash_us = hashed.as_micros() as u64,

@@ -7,6 +7,13 @@ use crate::{Result, Runtime, Session};
 /// Default cap on each of stdout and stderr per execution: 1 MiB.
 pub const DEFAULT_OUTPUT_LIMIT_BYTES: u32 = 1 << 20;
 
+/// Default cap on a result (a handler's JSON, an `execute` result's `repr`):
+/// 6 MiB, as AWS Lambda's synchronous response payload.
+pub const DEFAULT_RESULT_LIMIT_BYTES: usize = 6 << 20;
+
+/// Default cap on a pickled state snapshot: 64 MiB.
+pub const DEFAULT_STATE_LIMIT_BYTES: usize = 64 << 20;
+
 /// Runs Python code in isolated WebAssembly instances of CPython 3.14.
 ///
 /// Each [`execute`](Sandbox::execute) runs in a fresh instance: no globals,
@@ -36,6 +43,8 @@ pub(crate) struct Settings {
     pub(crate) timeout: Option<Duration>,
     pub(crate) memory_limit_bytes: Option<u64>,
     pub(crate) env: Vec<(String, String)>,
+    pub(crate) result_limit_bytes: usize,
+    pub(crate) state_limit_bytes: usize,
 }
 
 /// Configures a [`Sandbox`]; see [`Sandbox::builder`].
@@ -84,6 +93,8 @@ impl Sandbox {
                 timeout: None,
                 memory_limit_bytes: None,
                 env: Vec::new(),
+                result_limit_bytes: DEFAULT_RESULT_LIMIT_BYTES,
+                state_limit_bytes: DEFAULT_STATE_LIMIT_BYTES,
             },
         }
     }
@@ -172,11 +183,32 @@ impl SandboxBuilder {
         self
     }
 
+    /// Caps a result, in bytes (default [`DEFAULT_RESULT_LIMIT_BYTES`]): a
+    /// handler's JSON larger than this fails with
+    /// [`Error::ResultTooLarge`](crate::Error::ResultTooLarge); an
+    /// `execute` result's `repr` is cut with a marker (and its JSON left out).
+    pub fn with_result_limit_bytes(mut self, bytes: usize) -> Self {
+        self.settings.result_limit_bytes = bytes;
+        self
+    }
+
+    /// Caps a pickled state snapshot, in bytes (default
+    /// [`DEFAULT_STATE_LIMIT_BYTES`]); a larger one fails with
+    /// [`Error::State`](crate::Error::State).
+    pub fn with_state_limit_bytes(mut self, bytes: usize) -> Self {
+        self.settings.state_limit_bytes = bytes;
+        self
+    }
+
     /// Builds the sandbox (cheap: instances are created per execution).
     ///
     /// # Errors
-    /// None yet; the `Result` leaves room for validating future settings.
+    /// [`Error::Config`](crate::Error::Config) when an environment variable
+    /// is unusable: an empty name, `=` or NUL in a name, NUL in a value.
     pub fn build(self) -> Result<Sandbox> {
+        for (key, value) in &self.settings.env {
+            crate::bindings::check_env(key, value)?;
+        }
         Ok(Sandbox {
             runtime: self.runtime,
             settings: self.settings,

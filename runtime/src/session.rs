@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::bindings::{self, ErrorKind, ExecuteOptions, HostState};
 use crate::engine::NO_DEADLINE;
 use crate::sandbox::Settings;
+use crate::untrusted::{self, cap};
 use crate::{Error, ExecuteResult, HandlerContext, HandlerOutput, PythonError, Result, Runtime};
 
 /// What an `execute` or `call-handler` export returns.
@@ -35,26 +35,9 @@ pub struct Session {
     store: Store<HostState>,
     instance: bindings::Sandbox,
     settings: Settings,
-    stdout_seen: Seen,
-    stderr_seen: Seen,
     instantiate_time: Duration,
     /// Set after a timeout or trap: the instance must not be entered again.
     poisoned: bool,
-}
-
-/// How much of what the instance wrote to one WASI descriptor earlier calls
-/// already returned.
-#[derive(Default)]
-struct Seen(usize);
-
-impl Seen {
-    /// What was written to `pipe` since the last call.
-    fn take_new(&mut self, pipe: &MemoryOutputPipe) -> String {
-        let bytes = pipe.contents();
-        let new = String::from_utf8_lossy(&bytes[self.0.min(bytes.len())..]).into_owned();
-        self.0 = bytes.len();
-        new
-    }
 }
 
 impl std::fmt::Debug for Session {
@@ -115,13 +98,14 @@ impl Session {
             .pre()
             .instantiate_async(&mut store)
             .await
-            .map_err(Error::from_wasmtime)?;
+            .map_err(|e| {
+                let (stdout, stderr) = (store.data().stdout.take(), store.data().stderr.take());
+                Error::from_wasmtime_with_output(e, stdout, stderr)
+            })?;
         Ok(Session {
             store,
             instance,
             settings: settings.clone(),
-            stdout_seen: Seen::default(),
-            stderr_seen: Seen::default(),
             instantiate_time: start.elapsed(),
             poisoned: false,
         })
@@ -138,15 +122,20 @@ impl Session {
     /// # Errors
     /// As [`Sandbox::execute`](crate::Sandbox::execute). After a
     /// [`Error::Timeout`] or a trap the session is unusable and every later
-    /// call returns [`Error::Trap`].
+    /// call returns [`Error::SessionEnded`].
     pub async fn execute(&mut self, code: &str) -> Result<ExecuteResult> {
         let (outcome, duration) = self.call(Call::Execute(code.to_owned())).await?;
-        let (output, fd_out, fd_err) = self.finish(outcome)?;
+        let (output, stdout, stderr) = self.finish(outcome)?;
+        let limit = self.settings.result_limit_bytes;
         Ok(ExecuteResult {
-            stdout: output.stdout + &fd_out,
-            stderr: output.stderr + &fd_err,
-            result: output.result_repr,
-            result_json: output.result_json,
+            stdout,
+            stderr,
+            result: output.result_repr.map(|repr| cap(repr, limit)),
+            // Optional by contract: one that is too large or not JSON (user
+            // code can rebind `json.dumps`) is left out.
+            result_json: output
+                .result_json
+                .filter(|json| json.len() <= limit && untrusted::is_json(json)),
             duration,
         })
     }
@@ -172,11 +161,22 @@ impl Session {
         let (outcome, duration) = self
             .call(Call::Handler(event_json.to_owned(), context_json))
             .await?;
-        let (output, fd_out, fd_err) = self.finish(outcome)?;
+        let (output, stdout, stderr) = self.finish(outcome)?;
+        let result_json = output.result_json.unwrap_or_else(|| "null".to_owned());
+        let limit = self.settings.result_limit_bytes;
+        if result_json.len() > limit {
+            return Err(Error::ResultTooLarge {
+                size: result_json.len(),
+                limit,
+            });
+        }
+        if !untrusted::is_json(&result_json) {
+            return Err(Error::ResultNotJson);
+        }
         Ok(HandlerOutput {
-            result_json: output.result_json.unwrap_or_else(|| "null".to_owned()),
-            stdout: output.stdout + &fd_out,
-            stderr: output.stderr + &fd_err,
+            result_json,
+            stdout,
+            stderr,
             instantiate_time: self.instantiate_time,
             duration,
         })
@@ -206,25 +206,30 @@ impl Session {
             .inspect_err(|_| self.poisoned = true)?;
         let duration = start.elapsed();
         tracing::debug!(elapsed_us = duration.as_micros() as u64, "called");
-        match outcome.and_then(|r| r) {
-            Ok(value) => Ok((value, duration)),
-            Err(error) => {
-                self.poisoned = true;
-                Err(call_error(
-                    error,
-                    self.settings.timeout,
-                    self.store.data().limiter.hit(),
-                ))
-            }
-        }
+        let value = self.trapped(outcome.and_then(|r| r))?;
+        Ok((value, duration))
+    }
+
+    /// Passes a successful export call's value on; a failed one poisons the
+    /// session and becomes its typed error, with the output written before.
+    fn trapped<T>(&mut self, outcome: wasmtime::Result<T>) -> Result<T> {
+        outcome.map_err(|error| {
+            self.poisoned = true;
+            let state = self.store.data();
+            call_error(
+                error,
+                self.settings.timeout,
+                state.limiter.hit(),
+                state.stdout.take(),
+                state.stderr.take(),
+            )
+        })
     }
 
     /// Refuses a call into an instance stopped by an earlier timeout or trap.
     fn ensure_usable(&self) -> Result<()> {
         if self.poisoned {
-            return Err(Error::Trap(
-                "this session's instance stopped at an earlier timeout or trap".to_owned(),
-            ));
+            return Err(Error::SessionEnded);
         }
         Ok(())
     }
@@ -266,22 +271,17 @@ impl Session {
         let outcome = within(timeout, call)
             .await
             .inspect_err(|_| self.poisoned = true)?;
-        match outcome {
-            Ok(loaded) => {
-                let fd_out = self.stdout_seen.take_new(&self.store.data().stdout);
-                let fd_err = self.stderr_seen.take_new(&self.store.data().stderr);
-                let memory_hit = self.store.data().limiter.hit();
-                loaded.map_err(|error| guest_error(error, fd_out, fd_err, memory_hit))
-            }
-            Err(error) => {
-                self.poisoned = true;
-                Err(call_error(
-                    error,
-                    self.settings.timeout,
-                    self.store.data().limiter.hit(),
-                ))
-            }
-        }
+        let loaded = self.trapped(outcome)?;
+        let state = self.store.data();
+        loaded.map_err(|error| {
+            guest_error(
+                error,
+                state.stdout.take(),
+                state.stderr.take(),
+                state.limiter.hit(),
+                self.settings.output_limit_bytes as usize,
+            )
+        })
     }
 
     /// Appends what was written straight to the WASI descriptors to the
@@ -290,69 +290,105 @@ impl Session {
         &mut self,
         outcome: GuestOutcome,
     ) -> Result<(bindings::ExecuteOutput, String, String)> {
-        // Output written straight to the WASI descriptors goes after what
-        // Python buffered; both are bounded.
-        let fd_out = self.stdout_seen.take_new(&self.store.data().stdout);
-        let fd_err = self.stderr_seen.take_new(&self.store.data().stderr);
+        // The guest's streams write through to the WASI descriptors, whose
+        // capture the host caps; a record's own output fields (empty unless
+        // user code replaced the streams' machinery) are capped too.
+        let state = self.store.data();
+        let limit = self.settings.output_limit_bytes as usize;
+        let (fd_out, fd_err) = (state.stdout.take(), state.stderr.take());
         match outcome {
-            Ok(output) => Ok((output, fd_out, fd_err)),
+            Ok(mut output) => {
+                let stdout = cap(std::mem::take(&mut output.stdout), limit) + &fd_out;
+                let stderr = cap(std::mem::take(&mut output.stderr), limit) + &fd_err;
+                Ok((output, stdout, stderr))
+            }
             Err(error) => Err(guest_error(
                 error,
                 fd_out,
                 fd_err,
-                self.store.data().limiter.hit(),
+                state.limiter.hit(),
+                limit,
             )),
         }
     }
 
-    /// Pickles the user's globals.
+    /// Pickles the user's globals, under the session's timeout.
     ///
     /// # Errors
-    /// [`Error::State`] when pickling fails as a whole; [`Error::Trap`] if
-    /// the instance traps.
+    /// [`Error::State`] when pickling fails as a whole or the pickle is
+    /// larger than the state limit
+    /// ([`with_state_limit_bytes`](crate::SandboxBuilder::with_state_limit_bytes));
+    /// [`Error::Timeout`]; [`Error::Trap`] if the instance traps.
     pub async fn snapshot_state(&mut self) -> Result<StateSnapshot> {
-        let snapshot = self
-            .instance
-            .call_snapshot_state(&mut self.store)
+        self.ensure_usable()?;
+        let timeout = self.settings.timeout;
+        self.arm_deadline();
+        let call = self.instance.call_snapshot_state(&mut self.store);
+        let outcome = within(timeout, call)
             .await
-            .map_err(Error::from_wasmtime)?
-            .map_err(Error::State)?;
+            .inspect_err(|_| self.poisoned = true)?;
+        let snapshot = self
+            .trapped(outcome)?
+            .map_err(|message| Error::State(cap(message, untrusted::MAX_MESSAGE_BYTES)))?;
+        let limit = self.settings.state_limit_bytes;
+        if snapshot.data.len() > limit {
+            return Err(Error::State(format!(
+                "the pickled state is {} bytes, over the limit of {limit} bytes",
+                snapshot.data.len()
+            )));
+        }
+        let mut skipped = snapshot.skipped;
+        skipped.truncate(untrusted::MAX_SKIPPED_NAMES);
+        for name in &mut skipped {
+            *name = cap(std::mem::take(name), untrusted::MAX_TYPE_NAME_BYTES);
+        }
         Ok(StateSnapshot {
             data: snapshot.data,
-            skipped: snapshot.skipped,
+            skipped,
         })
     }
 
     /// Unpickles `snapshot` into the globals (names in it replace same-named
-    /// globals; others are kept). Works in a fresh session too.
+    /// globals; others are kept), under the session's timeout. Works in a
+    /// fresh session too.
     ///
     /// # Errors
     /// [`Error::State`] when the data does not unpickle (the session keeps
-    /// the globals it had).
+    /// the globals it had); [`Error::Timeout`]; [`Error::Trap`].
     pub async fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
-        self.instance
-            .call_restore_state(&mut self.store, &snapshot.data)
+        self.ensure_usable()?;
+        let timeout = self.settings.timeout;
+        self.arm_deadline();
+        let call = self
+            .instance
+            .call_restore_state(&mut self.store, &snapshot.data);
+        let outcome = within(timeout, call)
             .await
-            .map_err(Error::from_wasmtime)?
-            .map_err(Error::State)
+            .inspect_err(|_| self.poisoned = true)?;
+        self.trapped(outcome)?
+            .map_err(|message| Error::State(cap(message, untrusted::MAX_MESSAGE_BYTES)))
     }
 
     /// Removes every user global.
     ///
     /// # Errors
-    /// [`Error::Trap`] if the instance traps.
+    /// [`Error::Timeout`]; [`Error::Trap`] if the instance traps.
     pub async fn clear_state(&mut self) -> Result<()> {
-        self.instance
-            .call_clear_state(&mut self.store)
+        self.ensure_usable()?;
+        let timeout = self.settings.timeout;
+        self.arm_deadline();
+        let call = self.instance.call_clear_state(&mut self.store);
+        let outcome = within(timeout, call)
             .await
-            .map_err(Error::from_wasmtime)
+            .inspect_err(|_| self.poisoned = true)?;
+        self.trapped(outcome)
     }
 }
 
 /// Awaits `call`, giving up [`HOST_TIMEOUT_MARGIN`] after `timeout` (a call
 /// blocked in the host, where epoch deadlines are not checked) with
 /// [`Error::Timeout`].
-async fn within<T>(timeout: Option<Duration>, call: impl Future<Output = T>) -> Result<T> {
+pub(crate) async fn within<T>(timeout: Option<Duration>, call: impl Future<Output = T>) -> Result<T> {
     match timeout {
         Some(limit) => tokio::time::timeout(limit + HOST_TIMEOUT_MARGIN, call)
             .await
@@ -368,13 +404,18 @@ pub(crate) fn call_error(
     error: wasmtime::Error,
     timeout: Option<Duration>,
     memory_hit: Option<u64>,
+    stdout: String,
+    stderr: String,
 ) -> Error {
     if let (Some(wasmtime::Trap::Interrupt), Some(limit)) =
         (error.downcast_ref::<wasmtime::Trap>(), timeout)
     {
         return Error::Timeout { limit };
     }
-    match (Error::from_wasmtime(error), memory_hit) {
+    match (
+        Error::from_wasmtime_with_output(error, stdout, stderr),
+        memory_hit,
+    ) {
         (Error::Trap(_), Some(limit_bytes)) => Error::MemoryLimit {
             limit_bytes,
             error: None,
@@ -384,15 +425,20 @@ pub(crate) fn call_error(
 }
 
 /// The typed error of a Python failure reported by the guest, with the
-/// output written straight to the WASI descriptors appended; a `MemoryError`
-/// after a refused growth (`memory_hit`) is the memory limit.
+/// output written to the WASI descriptors appended; a `MemoryError` after a
+/// refused growth (`memory_hit`) is the memory limit. Every string from the
+/// guest is capped (output fields at `output_limit` bytes).
 pub(crate) fn guest_error(
     error: bindings::ExecuteError,
     fd_out: String,
     fd_err: String,
     memory_hit: Option<u64>,
+    output_limit: usize,
 ) -> Error {
-    match (python_error(error, fd_out, fd_err), memory_hit) {
+    match (
+        python_error(error, fd_out, fd_err, output_limit),
+        memory_hit,
+    ) {
         (Error::Exception(python), Some(limit_bytes)) if python.type_name == "MemoryError" => {
             Error::MemoryLimit {
                 limit_bytes,
@@ -404,14 +450,20 @@ pub(crate) fn guest_error(
 }
 
 /// The typed error of a Python failure reported by the guest.
-fn python_error(error: bindings::ExecuteError, fd_out: String, fd_err: String) -> Error {
-    let stdout = error.stdout + &fd_out;
-    let stderr = error.stderr + &fd_err;
+fn python_error(
+    error: bindings::ExecuteError,
+    fd_out: String,
+    fd_err: String,
+    output_limit: usize,
+) -> Error {
+    let stdout = cap(error.stdout, output_limit) + &fd_out;
+    let stderr = cap(error.stderr, output_limit) + &fd_err;
+    let message = cap(error.message, untrusted::MAX_MESSAGE_BYTES);
     match error.kind {
         ErrorKind::Exit => {
-            let (code, message) = match error.message.parse::<i32>() {
+            let (code, message) = match message.parse::<i32>() {
                 Ok(code) => (code, None),
-                Err(_) => (1, Some(error.message)),
+                Err(_) => (1, Some(message)),
             };
             Error::Exit {
                 code,
@@ -422,9 +474,9 @@ fn python_error(error: bindings::ExecuteError, fd_out: String, fd_err: String) -
         }
         kind => {
             let python = PythonError {
-                type_name: error.type_name,
-                message: error.message,
-                traceback: error.traceback,
+                type_name: cap(error.type_name, untrusted::MAX_TYPE_NAME_BYTES),
+                message,
+                traceback: cap(error.traceback, untrusted::MAX_TRACEBACK_BYTES),
                 stdout,
                 stderr,
             };

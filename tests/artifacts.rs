@@ -23,13 +23,12 @@ fn seeded_store(dir: &Path) -> (ArtifactStore, String) {
         )
         .unwrap();
     }
-    let store =
-        ArtifactStore::open(
-            dir.join("store").to_str().unwrap(),
-            &dir.join("cache"),
-            &eryx_tests::signing_key(),
-        )
-        .unwrap();
+    let store = ArtifactStore::open(
+        dir.join("store").to_str().unwrap(),
+        &dir.join("cache"),
+        &eryx_tests::signing_key(),
+    )
+    .unwrap();
     (store, key)
 }
 
@@ -133,18 +132,43 @@ async fn corrupted_artifact_is_detected_and_rebuilt() {
 }
 
 #[tokio::test]
-async fn artifact_from_another_engine_configuration_is_refused() {
-    // A manifest that names another engine: refused (not loaded), rebuilt.
+async fn manifest_rewritten_without_the_key_or_from_another_engine_is_refused() {
+    // A manifest changed by someone who can write the store but lacks the
+    // signing key: its signature no longer verifies, so it is refused.
     let dir = tempfile::tempdir().unwrap();
     let (store, key) = seeded_store(dir.path());
     let manifest_path = stored_file(dir.path(), &key, "json");
-    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    let original = std::fs::read_to_string(&manifest_path).unwrap();
     let fingerprint = engine().fingerprint().to_owned();
     std::fs::write(
         &manifest_path,
-        manifest.replace(&fingerprint, &"0".repeat(64)),
+        original.replace(&fingerprint, &"0".repeat(64)),
     )
     .unwrap();
+    let refused = store.manifest(&key).await.unwrap_err();
+    assert!(
+        matches!(refused, eryx_preinit::Error::BadSignature { .. }),
+        "{refused:?}"
+    );
+    std::fs::write(
+        &manifest_path,
+        original.replace("\"signature\"", "\"unsigned\""),
+    )
+    .unwrap();
+    assert!(matches!(
+        store.manifest(&key).await.unwrap_err(),
+        eryx_preinit::Error::BadSignature { .. }
+    ));
+
+    // A manifest properly signed, but naming another engine: refused (not
+    // loaded), rebuilt.
+    std::fs::write(&manifest_path, &original).unwrap();
+    let mut manifest = store.manifest(&key).await.unwrap().unwrap();
+    manifest.engine = "0".repeat(64);
+    store
+        .put_signed(&format!("artifacts/{key}.json"), &manifest)
+        .await
+        .unwrap();
     let (_runtime, report) = ensure(&store).await;
     assert!(
         report
@@ -214,26 +238,26 @@ async fn s3_store_publishes_and_serves_artifacts() {
 
     // First replica: nothing in the bucket, so it builds and publishes.
     let first_cache = tempfile::tempdir().unwrap();
-    let store =
-        ArtifactStore::open_with_options(
-            location,
-            first_cache.path(),
-            &eryx_tests::signing_key(),
-            server.options(),
-        ).unwrap();
+    let store = ArtifactStore::open_with_options(
+        location,
+        first_cache.path(),
+        &eryx_tests::signing_key(),
+        server.options(),
+    )
+    .unwrap();
     let (runtime, report) = ensure(&store).await;
     assert_eq!(report.origin, Origin::Built);
     assert_eq!(hello(&runtime).await, "hi\n");
 
     // Second replica with an empty cache: fetches the artifact from S3.
     let second_cache = tempfile::tempdir().unwrap();
-    let store =
-        ArtifactStore::open_with_options(
-            location,
-            second_cache.path(),
-            &eryx_tests::signing_key(),
-            server.options(),
-        ).unwrap();
+    let store = ArtifactStore::open_with_options(
+        location,
+        second_cache.path(),
+        &eryx_tests::signing_key(),
+        server.options(),
+    )
+    .unwrap();
     let manifest = store
         .manifest(&report.manifest.key)
         .await
@@ -244,4 +268,85 @@ async fn s3_store_publishes_and_serves_artifacts() {
     assert_eq!(report.origin, Origin::Fetched);
     assert!(report.rejected.is_empty());
     assert_eq!(hello(&runtime).await, "hi\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_compile_cache_entries_are_recompiled_not_loaded() {
+    // Someone who can write the compile-cache directory flips bytes of the
+    // compiled code in it: every entry's tag fails, so the code is compiled
+    // again (and the entry rewritten) instead of being mapped executable.
+    let data_dir = eryx_preinit::default_data_dir();
+    let store = ArtifactStore::open(
+        &eryx_preinit::default_store_location(&data_dir),
+        &eryx_preinit::cache_dir(&data_dir),
+        &eryx_tests::signing_key(),
+    )
+    .unwrap();
+    let (_, report) = ensure(&store).await;
+    let snapshot = std::fs::read(store.fetch_snapshot(&report.manifest).await.unwrap()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let engine = eryx::Engine::new(
+        eryx::EngineOptions::default()
+            .with_pool_size(4)
+            .with_compile_cache(cache.path(), eryx_tests::signing_key()),
+    )
+    .unwrap();
+    let stdlib = eryx_tests::stdlib_dir();
+    let first = {
+        let (engine, snapshot, stdlib) = (engine.clone(), snapshot.clone(), stdlib.clone());
+        tokio::task::spawn_blocking(move || {
+            eryx::FunctionBuilder::new(&engine, snapshot, &stdlib).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    drop(first);
+    let mut tampered = Vec::new();
+    for entry in std::fs::read_dir(cache.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        tampered.push((path, bytes));
+    }
+    assert!(tampered.len() > 1000, "{} entries", tampered.len());
+    let builder = tokio::task::spawn_blocking(move || {
+        eryx::FunctionBuilder::new(&engine, snapshot, &stdlib).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap()
+    .expect("a builder from recompiled code");
+    let rewritten = |component: bool| {
+        tampered
+            .iter()
+            .filter(|(path, _)| {
+                let name = path.file_name().unwrap().to_str().unwrap();
+                name.starts_with("component-") == component
+            })
+            .map(|(path, bytes)| std::fs::read(path).unwrap() != *bytes)
+            .fold((0, 0), |(changed, all), c| {
+                (changed + usize::from(c), all + 1)
+            })
+    };
+    // The compiled component is looked up on every start: rewritten.
+    assert_eq!(rewritten(true), (1, 1), "the tampered component was kept");
+    // Per-function entries: every one the compile looked up was refused and
+    // rewritten (a few hundred of the first compile's are not looked up
+    // again, measured 208 of 14,356).
+    let (changed, all) = rewritten(false);
+    assert!(changed * 100 >= all * 95, "{changed} of {all} rewritten");
+    // The recompiled builder works.
+    let function = builder
+        .snapshot(&eryx::FunctionSource {
+            module_name: "ok",
+            source: "def handler(e, c):\n    return 1\n",
+            handler: "handler",
+            import_timeout: std::time::Duration::from_secs(10),
+            memory_limit_bytes: None,
+        })
+        .await
+        .unwrap();
+    assert!(!function.wasm.is_empty());
 }

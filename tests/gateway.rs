@@ -156,7 +156,10 @@ async fn exception_is_500_with_traceback_and_output() {
     assert!(body["error"].get("traceback").is_none(), "{body}");
     let response = gw
         .client
-        .post(format!("{}/v1/functions/divide/invoke?include_output=true", gw.url))
+        .post(format!(
+            "{}/v1/functions/divide/invoke?include_output=true",
+            gw.url
+        ))
         .json(&json!({"by": 0}))
         .send()
         .await
@@ -611,14 +614,13 @@ async fn replicas_share_functions_through_s3_and_survive_its_outage() {
     let seeded = tempfile::tempdir().unwrap();
     seed_store(seeded.path());
     let cache = tempfile::tempdir().unwrap();
-    let store =
-        eryx_preinit::ArtifactStore::open_with_options(
-            location,
-            cache.path(),
-            &eryx_tests::signing_key(),
-            server.options(),
-        )
-            .unwrap();
+    let store = eryx_preinit::ArtifactStore::open_with_options(
+        location,
+        cache.path(),
+        &eryx_tests::signing_key(),
+        server.options(),
+    )
+    .unwrap();
     let mut names: Vec<_> = std::fs::read_dir(seeded.path().join("artifacts"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

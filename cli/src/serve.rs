@@ -85,7 +85,11 @@ pub struct ServeArgs {
     deploy_import_timeout_ms: Option<u64>,
     /// More `Host` names to serve when no tokens are set (comma-separated;
     /// localhost, 127.0.0.1 and [::1] always are).
-    #[arg(long = "allowed-host", env = "ERYX_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-host",
+        env = "ERYX_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
     allowed_hosts: Vec<String>,
     /// Let invoke-only tokens see handler output and tracebacks.
     #[arg(long, env = "ERYX_INVOKE_TOKENS_SEE_DETAILS")]
@@ -114,9 +118,15 @@ pub fn run(
     set(&mut limits.max_response_bytes, args.max_response_bytes);
     set(&mut limits.max_concurrency, args.max_concurrency);
     set(&mut limits.max_queue, args.max_queue);
-    set(&mut limits.function_max_concurrency, args.function_max_concurrency);
+    set(
+        &mut limits.function_max_concurrency,
+        args.function_max_concurrency,
+    );
     set(&mut limits.function_max_queue, args.function_max_queue);
-    set(&mut limits.max_concurrent_deploys, args.max_concurrent_deploys);
+    set(
+        &mut limits.max_concurrent_deploys,
+        args.max_concurrent_deploys,
+    );
     if let Some(secs) = args.header_read_timeout_secs {
         limits.header_read_timeout = Duration::from_secs(secs);
     }

@@ -177,7 +177,13 @@ fn allowed_host(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .unwrap_or("");
     // Strip a port: `name:port`, `[v6]:port`.
     let name = match host.rsplit_once(':') {
-        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
+        Some((name, port))
+            if !name.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && !name.ends_with(':') =>
+        {
+            name
+        }
         _ => host,
     };
     if state
@@ -310,14 +316,18 @@ async fn read_body(state: &AppState, request: Request<Incoming>) -> Result<Bytes
     // A client that trickles its body must not hold a connection (and, for
     // invocations, a slot) for ever.
     let timeout = state.config.limits.body_read_timeout;
-    let collected = tokio::time::timeout(timeout, Limited::new(request.into_body(), limit).collect())
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::RequestTimeout,
-                format!("the request body did not arrive within {} s", timeout.as_secs()),
-            )
-        })?;
+    let collected =
+        tokio::time::timeout(timeout, Limited::new(request.into_body(), limit).collect())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        timeout.as_secs()
+                    ),
+                )
+            })?;
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),

@@ -250,7 +250,9 @@ impl ApiError {
                 python: Some(Box::new(python_exit(stdout, stderr))),
                 ..ApiError::new(ErrorCode::PythonExit, "")
             },
-            error @ eryx::Error::Timeout { .. } => ApiError::new(ErrorCode::Timeout, error.to_string()),
+            error @ eryx::Error::Timeout { .. } => {
+                ApiError::new(ErrorCode::Timeout, error.to_string())
+            }
             eryx::Error::MemoryLimit { limit_bytes, error } => ApiError {
                 message: format!(
                     "the function needed more than its memory limit of {} MiB",

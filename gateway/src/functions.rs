@@ -24,7 +24,6 @@ use crate::limits::Slots;
 /// not show.
 const FUNCTION_RECIPE: &str = "eryx-function-v1";
 
-
 /// A deployed function, as stored in `functions/<name>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionRecord {
@@ -650,7 +649,9 @@ impl Functions {
         for (key, value) in &record.env {
             sandbox = sandbox.with_env(key, value);
         }
-        sandbox.build().map_err(|e| ApiError::bad_request(e.to_string()))
+        sandbox
+            .build()
+            .map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
     /// Imports the module and snapshots it (the deploy-time check that it

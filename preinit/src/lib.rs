@@ -155,11 +155,16 @@ pub fn signing_key(data_dir: &Path) -> Result<eryx::SigningKey> {
         // A named file must exist: creating one per replica would give each
         // its own key.
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("signing key file {}: {e}", Path::new(&path).display()))
+            std::io::Error::new(
+                e.kind(),
+                format!("signing key file {}: {e}", Path::new(&path).display()),
+            )
         })?;
         return Ok(eryx::SigningKey::from_hex(&text)?);
     }
-    Ok(eryx::SigningKey::load_or_create(&data_dir.join("signing.key"))?)
+    Ok(eryx::SigningKey::load_or_create(
+        &data_dir.join("signing.key"),
+    )?)
 }
 
 /// Where downloaded artifacts are cached inside a data directory.

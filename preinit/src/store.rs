@@ -20,7 +20,6 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use serde::{Deserialize, Serialize};
 
-
 use crate::{Error, Result, atomic_write};
 
 /// The description stored beside every artifact.
@@ -128,11 +127,7 @@ impl ArtifactStore {
     /// # Errors
     /// [`Error::Store`] when the location is malformed or the directory
     /// cannot be created.
-    pub fn open(
-        location: &str,
-        cache_dir: &Path,
-        key: &eryx::SigningKey,
-    ) -> Result<ArtifactStore> {
+    pub fn open(location: &str, cache_dir: &Path, key: &eryx::SigningKey) -> Result<ArtifactStore> {
         ArtifactStore::open_with_options(
             location,
             cache_dir,
@@ -235,7 +230,9 @@ impl ArtifactStore {
             .get_signed(&format!("artifacts/{key}.json"))
             .await
             .map_err(|error| match error {
-                Error::Decode(message) => Error::BadManifest(format!("manifest of {key}: {message}")),
+                Error::Decode(message) => {
+                    Error::BadManifest(format!("manifest of {key}: {message}"))
+                }
                 error => error,
             })?
         else {
@@ -439,7 +436,10 @@ impl ArtifactStore {
     /// that does not verify under this store's key (it was not written by a
     /// holder of the key, or was changed since); [`Error::Decode`] when it
     /// does not parse as `T`.
-    pub async fn get_signed<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+    pub async fn get_signed<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>> {
         let Some(bytes) = self.get(path).await? else {
             return Ok(None);
         };

@@ -170,13 +170,14 @@ impl Engine {
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20);
         let cache = match (&options.compile_cache_dir, &options.signing_key) {
-            (Some(dir), Some(key)) => {
-                Some(Arc::new(crate::compile_cache::DiskCache::open(dir, key.clone())?)
-                    as Arc<dyn wasmtime::CacheStore>)
-            }
+            (Some(dir), Some(key)) => Some(Arc::new(crate::compile_cache::DiskCache::open(
+                dir,
+                key.clone(),
+            )?) as Arc<dyn wasmtime::CacheStore>),
             (Some(_), None) => {
                 return Err(Error::Config(
-                    "a compile cache needs a signing key (EngineOptions::with_compile_cache)".into(),
+                    "a compile cache needs a signing key (EngineOptions::with_compile_cache)"
+                        .into(),
                 ));
             }
             (None, _) => None,

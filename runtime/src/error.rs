@@ -164,9 +164,9 @@ impl TrapKind {
                 TrapKind::OutOfBounds
             }
             Some(Trap::UnreachableCodeReached) => TrapKind::Unreachable,
-            Some(Trap::IntegerDivisionByZero | Trap::IntegerOverflow | Trap::BadConversionToInteger) => {
-                TrapKind::Arithmetic
-            }
+            Some(
+                Trap::IntegerDivisionByZero | Trap::IntegerOverflow | Trap::BadConversionToInteger,
+            ) => TrapKind::Arithmetic,
             Some(Trap::IndirectCallToNull | Trap::BadSignature) => TrapKind::IndirectCall,
             Some(Trap::Interrupt) => TrapKind::Interrupt,
             Some(_) => TrapKind::Other,

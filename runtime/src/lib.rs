@@ -46,8 +46,8 @@ pub use error::{Error, PythonError, Result, TrapError, TrapKind};
 pub use function::{FunctionBuilder, FunctionSnapshot, FunctionSource};
 pub use runtime::{Runtime, RuntimeBuilder, content_hash};
 pub use sandbox::{
-    DEFAULT_OUTPUT_LIMIT_BYTES, DEFAULT_RESULT_LIMIT_BYTES, DEFAULT_STATE_LIMIT_BYTES, ExecuteResult, HandlerContext, HandlerOutput, Sandbox,
-    SandboxBuilder,
+    DEFAULT_OUTPUT_LIMIT_BYTES, DEFAULT_RESULT_LIMIT_BYTES, DEFAULT_STATE_LIMIT_BYTES,
+    ExecuteResult, HandlerContext, HandlerOutput, Sandbox, SandboxBuilder,
 };
 pub use session::{Session, StateSnapshot};
 pub use signing::SigningKey;

@@ -388,7 +388,10 @@ impl Session {
 /// Awaits `call`, giving up [`HOST_TIMEOUT_MARGIN`] after `timeout` (a call
 /// blocked in the host, where epoch deadlines are not checked) with
 /// [`Error::Timeout`].
-pub(crate) async fn within<T>(timeout: Option<Duration>, call: impl Future<Output = T>) -> Result<T> {
+pub(crate) async fn within<T>(
+    timeout: Option<Duration>,
+    call: impl Future<Output = T>,
+) -> Result<T> {
     match timeout {
         Some(limit) => tokio::time::timeout(limit + HOST_TIMEOUT_MARGIN, call)
             .await

@@ -81,17 +81,23 @@ impl SigningKey {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
+        // Written whole to a private temporary file, then published with a
+        // hard link, which fails if the name exists: a process that loses the
+        // race reads the winner's complete key, never a partial one.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let temporary = dir.join(format!(".signing-key-{}", std::process::id()));
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
+        options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(path) {
-            Ok(mut file) => {
-                std::io::Write::write_all(&mut file, hex::encode(key).as_bytes())?;
-                file.sync_all()?;
-                SigningKey::from_bytes(&key)
-            }
-            // Another process created it first: use theirs.
+        let written = options.open(&temporary).and_then(|mut file| {
+            std::io::Write::write_all(&mut file, hex::encode(key).as_bytes())?;
+            file.sync_all()
+        });
+        let published = written.and_then(|()| std::fs::hard_link(&temporary, path));
+        let _ = std::fs::remove_file(&temporary);
+        match published {
+            Ok(()) => SigningKey::from_bytes(&key),
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 SigningKey::from_hex(&std::fs::read_to_string(path)?)
             }

@@ -20,7 +20,9 @@ pub(crate) fn cap(mut text: String, limit: usize) -> String {
     }
     let dropped = text.len() - floor_char_boundary(&text, limit);
     text.truncate(text.len() - dropped);
-    text.push_str(&format!("\n[eryx: truncated, {dropped} more bytes not shown]"));
+    text.push_str(&format!(
+        "\n[eryx: truncated, {dropped} more bytes not shown]"
+    ));
     text
 }
 

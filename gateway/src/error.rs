@@ -229,9 +229,9 @@ impl ApiError {
     /// the Python details (traceback, output) ride along, for the caller to
     /// strip with [`without_details`](Self::without_details).
     pub fn from_eryx(error: eryx::Error) -> ApiError {
-        let python = |code, python: eryx::PythonError| ApiError {
+        let python = |code, python: Box<eryx::PythonError>| ApiError {
             message: python.to_string(),
-            python: Some(Box::new(python)),
+            python: Some(python),
             ..ApiError::new(code, "")
         };
         match error {

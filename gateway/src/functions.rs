@@ -316,6 +316,12 @@ impl Functions {
         if let Some(found) = self.deployed.read().expect("lock").get(name) {
             return Ok(Some(found.clone()));
         }
+        // Single flight: concurrent first requests load the function once.
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().await;
+        if let Some(found) = self.deployed.read().expect("lock").get(name) {
+            return Ok(Some(found.clone()));
+        }
         self.load(name).await
     }
 
@@ -786,11 +792,14 @@ impl Functions {
         slots: Arc<Slots>,
     ) -> Result<Deployed, ApiError> {
         let path = self.store.fetch(manifest).await?;
-        let runtime = eryx::Runtime::builder()
+        let builder = eryx::Runtime::builder()
             .with_engine(&self.engine)
             .with_precompiled_file(&path, &manifest.blake3)
-            .with_stdlib_dir(self.base_runtime.stdlib_dir())
-            .build()
+            .with_stdlib_dir(self.base_runtime.stdlib_dir());
+        // Reading, hashing and deserializing tens of MB: off the async workers.
+        let runtime = tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .map_err(|e| ApiError::internal(format!("load task: {e}")))?
             .map_err(|e| ApiError::internal(format!("loading function {}: {e}", record.name)))?;
         Ok(Deployed {
             serving: Serving::Snapshot(self.sandbox(&runtime, &record)?),

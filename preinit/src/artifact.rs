@@ -120,8 +120,10 @@ pub async fn ensure_runtime(
     engine: &eryx::Engine,
     progress: &dyn Progress,
 ) -> Result<(eryx::Runtime, Report)> {
-    let component = ensure_component(data_dir, progress)?;
-    let key = artifact_key(&component.key, engine);
+    // Keys come from what the binary embeds: nothing is linked unless the
+    // artifact must be built.
+    let key = artifact_key(&crate::link::component_key(), engine);
+    let stdlib_dir = crate::python::ensure_dist(data_dir, progress)?.stdlib_dir();
     let mut rejected = Vec::new();
     for _attempt in 0..2 {
         let found = match store.manifest(&key).await {
@@ -143,12 +145,15 @@ pub async fn ensure_runtime(
                 };
                 (manifest, origin)
             }
-            None => (
-                build(&component, &key, store, engine, progress).await?,
-                Origin::Built,
-            ),
+            None => {
+                let component = ensure_component(data_dir, progress)?;
+                (
+                    build(&component, &key, store, engine, progress).await?,
+                    Origin::Built,
+                )
+            }
         };
-        match load(store, &manifest, engine, &component.stdlib_dir).await {
+        match load(store, &manifest, engine, &stdlib_dir).await {
             Ok(runtime) => {
                 let load_time = runtime.load_time();
                 return Ok((

@@ -1,23 +1,28 @@
 //! The eryx build pipeline: from pinned inputs to a runnable component.
 //!
-//! 1. [`python`]: fetch the pinned `componentize-py` wheel from PyPI and extract
-//!    CPython 3.14 for WASI (libraries, adapter, standard library).
-//! 2. [`guest`]: build the Rust guest (`guest/`) for `wasm32-wasip1` as a
-//!    position-independent shared library.
-//! 3. [`link`]: generate the `wit-dylib` bindings from `wit/sandbox.wit` and link
-//!    guest + CPython + libc + adapter into one component.
+//! 1. At build time (`build.rs`, with the `eryx-bundle` crate): fetch the
+//!    pinned `componentize-py` wheel from PyPI, extract CPython 3.14 for WASI
+//!    (libraries, adapter, standard library), build the Rust guest (`guest/`)
+//!    for `wasm32-wasip1` as a position-independent shared library, and embed
+//!    both in the binary. [`python`] writes the distribution into the data
+//!    directory on first use; no cargo or pip is needed at run time.
+//! 2. [`link`]: generate the `wit-dylib` bindings from `wit/sandbox.wit` and link
+//!    guest + CPython + libc + adapter into one component (only when an
+//!    artifact must be built).
 //!
 //! 4. [`artifact`]: pre-initialize the component with wizer (CPython started,
 //!    common modules imported), precompile it for the engine, and publish it
 //!    content-addressed in an [`ArtifactStore`] (local directory or S3).
 //!
 //! Every output lives under a data directory or the store and is keyed by a
-//! sha256 of its inputs, so repeated runs (and every test process) reuse it.
-//! [`ensure_component`] runs steps 1–3 under a cross-process lock;
-//! [`ensure_runtime`] runs all four and returns a ready runtime.
+//! sha256 of its inputs, so repeated runs (and every test process) reuse it;
+//! the keys derive from what the binary embeds, so every replica of one
+//! release computes the same ones and fetches what another published.
+//! [`ensure_component`] links under a cross-process lock; [`ensure_runtime`]
+//! returns a ready runtime, building only what the store lacks.
 
 pub mod artifact;
-pub mod guest;
+mod embedded;
 pub mod link;
 pub mod python;
 pub mod store;
@@ -29,8 +34,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 /// The WIT world `eryx:sandbox`, the contract with the host (`wit/sandbox.wit`).
 pub const WIT: &str = include_str!("../../wit/sandbox.wit");
 
@@ -38,27 +41,21 @@ pub const WIT: &str = include_str!("../../wit/sandbox.wit");
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The CPython wheel could not be fetched (pip missing, offline, ...).
-    #[error("fetching CPython for WASI: {0}")]
-    Fetch(String),
-    /// A file did not have the hash it is pinned to.
+    /// The embedded CPython distribution could not be unpacked.
+    #[error(transparent)]
+    Bundle(#[from] eryx_bundle::Error),
+    /// An artifact did not have the content hash its manifest records.
     #[error("{what}: {algorithm} is {actual}, expected {expected}")]
     HashMismatch {
         /// The file.
         what: String,
-        /// The hash function (`sha256`, `blake3`).
+        /// The hash function (`blake3`).
         algorithm: &'static str,
-        /// The pinned hash.
+        /// The recorded hash.
         expected: String,
         /// The file's hash.
         actual: String,
     },
-    /// The wheel did not contain a part we need.
-    #[error("extracting CPython for WASI: {0}")]
-    Extract(String),
-    /// Building the guest with cargo failed; the message says what to install.
-    #[error("building the guest: {0}")]
-    GuestBuild(String),
     /// Generating bindings or linking the component failed.
     #[error("linking the component: {0}")]
     Link(String),
@@ -185,9 +182,8 @@ pub fn default_data_dir() -> PathBuf {
     Path::new(&home).join(".cache").join("eryx")
 }
 
-/// Runs the pipeline as far as needed and returns the component: fetch and
-/// extract CPython, build the guest, link (each step skipped when its output
-/// is already in `data_dir`).
+/// Links the component when `data_dir` does not hold it yet (unpacking
+/// the embedded CPython distribution first) and returns it.
 ///
 /// Processes that call this at the same time wait for each other on
 /// `data_dir/build.lock`, so the work is done once.
@@ -205,11 +201,7 @@ pub fn ensure_component(data_dir: &Path, progress: &dyn Progress) -> Result<Arti
     timings.push(("python", start.elapsed()));
 
     let start = Instant::now();
-    let guest = guest::build(&dist, progress)?;
-    timings.push(("guest", start.elapsed()));
-
-    let start = Instant::now();
-    let (component, key, linked) = link::ensure_component(data_dir, &dist, &guest, progress)?;
+    let (component, key, linked) = link::ensure_component(data_dir, &dist, progress)?;
     timings.push(("link", start.elapsed()));
     if !linked {
         timings.clear();
@@ -229,24 +221,7 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// sha256 of `bytes` as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Fills a directory atomically: `fill` writes into a fresh temporary sibling
-/// directory, which is then renamed to `dir`, so readers never see it half made.
-pub(crate) fn atomic_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent)?;
-    let tmp = tempfile::tempdir_in(parent)?;
-    fill(tmp.path())?;
-    if dir.exists() {
-        fs::remove_dir_all(dir)?;
-    }
-    fs::rename(tmp.keep(), dir)?;
-    Ok(())
-}
+pub use eryx_bundle::sha256_hex;
 
 /// Writes a file atomically (temporary sibling, then rename).
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {

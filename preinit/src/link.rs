@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use wit_parser::Resolve;
 
 use crate::python::{LIBRARIES, PythonDist};
-use crate::{Error, Progress, Result, WIT, atomic_write, guest};
+use crate::{Error, Progress, Result, WIT, atomic_write, embedded};
 
 /// Bumped whenever the way we link changes, so old cached components are not reused.
 const LINK_RECIPE: &str = "eryx-link-v1";
@@ -46,7 +46,7 @@ pub fn world() -> Result<(Resolve, wit_parser::WorldId)> {
 fn bindings() -> Result<Vec<u8>> {
     let (resolve, world) = world()?;
     let mut opts = wit_dylib::DylibOpts {
-        interpreter: Some(guest::LIBRARY_NAME.to_owned()),
+        interpreter: Some(eryx_bundle::guest::LIBRARY_NAME.to_owned()),
         async_: wit_dylib::AsyncFilterSet::all(false),
     };
     let mut module = wit_dylib::create(&resolve, world, Some(&mut opts));
@@ -60,9 +60,26 @@ fn bindings() -> Result<Vec<u8>> {
     Ok(module)
 }
 
-/// Returns the cached component for these inputs, linking it when absent.
+/// The key of the component this binary links: sha256 over the link recipe,
+/// the WIT world, and the embedded guest and CPython distribution (their
+/// hashes, computed at build time). Cheap: no file is read.
+pub fn component_key() -> String {
+    let mut hasher = Sha256::new();
+    for part in [
+        LINK_RECIPE,
+        WIT,
+        embedded::GUEST_SHA256,
+        embedded::DIST_SHA256,
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Returns the cached component, linking it when absent.
 ///
-/// Returns its path, its key (sha256 of every input) and whether it was linked
+/// Returns its path, its key ([`component_key`]) and whether it was linked
 /// now (`false` when cached).
 ///
 /// # Errors
@@ -70,16 +87,9 @@ fn bindings() -> Result<Vec<u8>> {
 pub fn ensure_component(
     data_dir: &Path,
     dist: &PythonDist,
-    guest_wasm: &Path,
     progress: &dyn Progress,
 ) -> Result<(PathBuf, String, bool)> {
-    let guest = fs::read(guest_wasm)?;
-    let mut hasher = Sha256::new();
-    hasher.update(LINK_RECIPE);
-    hasher.update(WIT);
-    hasher.update(&guest);
-    crate::python::hash_into(dist, &mut hasher)?;
-    let key = hex::encode(hasher.finalize());
+    let key = component_key();
     let path = data_dir.join("components").join(format!("{key}.wasm"));
     if path.exists() {
         return Ok((path, key, false));
@@ -90,7 +100,7 @@ pub fn ensure_component(
     let mut linker = wit_component::Linker::default()
         .validate(true)
         .use_built_in_libdl(true)
-        .library(guest::LIBRARY_NAME, &guest, false)
+        .library(eryx_bundle::guest::LIBRARY_NAME, embedded::GUEST, false)
         .map_err(link_error)?;
     for name in LIBRARIES {
         linker = linker

@@ -40,10 +40,10 @@ impl fmt::Display for PythonError {
 pub enum Error {
     /// The code raised an exception that it did not catch.
     #[error("Python exception: {0}")]
-    Exception(PythonError),
+    Exception(Box<PythonError>),
     /// The code did not compile (`SyntaxError`, `IndentationError`, ...).
     #[error("Python syntax error: {0}")]
-    Compile(PythonError),
+    Compile(Box<PythonError>),
     /// The code called `sys.exit()` (raised `SystemExit`).
     #[error("Python exited with status {code}")]
     Exit {

@@ -193,7 +193,11 @@ fn load_precompiled(engine: &Engine, path: &Path, expected: &str) -> Result<Comp
     // One read of the file: the bytes hashed are the bytes deserialized, so
     // a file swapped or rewritten after the check cannot be loaded instead.
     let bytes = std::fs::read(path)?;
-    let actual = content_hash(&bytes);
+    let actual = blake3::Hasher::new()
+        .update_rayon(&bytes)
+        .finalize()
+        .to_hex()
+        .to_string();
     let hashed = start.elapsed();
     if actual != expected {
         return Err(Error::CorruptArtifact {

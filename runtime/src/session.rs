@@ -445,7 +445,7 @@ pub(crate) fn guest_error(
         (Error::Exception(python), Some(limit_bytes)) if python.type_name == "MemoryError" => {
             Error::MemoryLimit {
                 limit_bytes,
-                error: Some(Box::new(python)),
+                error: Some(python),
             }
         }
         (error, _) => error,
@@ -484,9 +484,9 @@ fn python_error(
                 stderr,
             };
             if kind == ErrorKind::Syntax {
-                Error::Compile(python)
+                Error::Compile(Box::new(python))
             } else {
-                Error::Exception(python)
+                Error::Exception(Box::new(python))
             }
         }
     }

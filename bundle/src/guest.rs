@@ -9,30 +9,26 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::python::PythonDist;
-use crate::{Error, Progress, Result};
+use crate::{Error, PythonDist, Result};
 
 /// Name of the guest library inside the component; the `wit-dylib` bindings
 /// name it as their interpreter.
 pub const LIBRARY_NAME: &str = "liberyx_guest.so";
 
-/// The workspace the guest sources live in (known at compile time).
-fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Builds the guest with cargo (a no-op when it is up to date) and returns the
-/// path of `eryx_guest.wasm`. `ERYX_GUEST_WASM` may name a prebuilt guest instead.
+/// Builds the guest of the workspace at `workspace` with cargo (a no-op when
+/// it is up to date) into `target_dir`, and returns the path of
+/// `eryx_guest.wasm`. `ERYX_GUEST_WASM` may name a prebuilt guest instead.
+/// Run from a build script: settings of the outer cargo that must not reach
+/// the nested build (wrappers such as clippy's, flags) are removed.
 ///
 /// # Errors
 /// [`Error::GuestBuild`] with cargo's output when the build fails, and the
 /// rustup commands to run when the target or `rust-src` is missing.
-pub fn build(dist: &PythonDist, progress: &dyn Progress) -> Result<PathBuf> {
+pub fn build(workspace: &Path, target_dir: &Path, dist: &PythonDist) -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("ERYX_GUEST_WASM") {
         return Ok(path.into());
     }
-    let workspace = workspace_dir();
-    let target_dir = workspace.join("target").join("guest");
+    let target_dir = target_dir.to_owned();
     std::fs::create_dir_all(&target_dir)?;
     let output = target_dir
         .join("wasm32-wasip1")
@@ -59,13 +55,9 @@ pub fn build(dist: &PythonDist, progress: &dyn Progress) -> Result<PathBuf> {
     ]
     .join("\x1f");
 
-    let first_build = !output.exists();
-    if first_build {
-        progress.step("building the guest for wasm32-wasip1 (first time: ~1 min)");
-    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let result = Command::new(cargo)
-        .current_dir(&workspace)
+        .current_dir(workspace)
         .args([
             "build",
             "--quiet",
@@ -81,6 +73,15 @@ pub fn build(dist: &PythonDist, progress: &dyn Progress) -> Result<PathBuf> {
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        // Its own cargo home: the outer cargo holds the shared package-cache
+        // lock while build scripts run, so a nested build that must download
+        // (the guest's and std's dependencies, on a fresh machine) would wait
+        // for it for ever.
+        .env("CARGO_HOME", target_dir.join("cargo-home"))
         .env("PYO3_CONFIG_FILE", &pyo3_config)
         .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
         .output()
@@ -93,9 +94,6 @@ pub fn build(dist: &PythonDist, progress: &dyn Progress) -> Result<PathBuf> {
             ""
         };
         return Err(Error::GuestBuild(format!("cargo failed:\n{stderr}{hint}")));
-    }
-    if first_build {
-        progress.done("built the guest");
     }
     Ok(output)
 }

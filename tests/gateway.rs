@@ -506,6 +506,22 @@ async fn openapi_document_parses_and_lists_every_route() {
     }
     assert_eq!(paths.len(), 7, "{:?}", paths.keys());
     assert!(document["components"]["schemas"]["ErrorBody"].is_object());
+    // Every error code is one of a typed enum, listed in the document.
+    let codes = document["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", document["components"]["schemas"]["ErrorCode"]));
+    for code in [
+        "not_found",
+        "result_not_json",
+        "host_not_allowed",
+        "integrity",
+        "trap",
+    ] {
+        assert!(
+            codes.contains(&serde_json::json!(code)),
+            "{code}: {codes:?}"
+        );
+    }
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
     // The same document is available without a server.
     let offline: serde_json::Value =

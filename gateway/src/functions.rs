@@ -445,8 +445,14 @@ impl Functions {
     pub(crate) async fn list(&self) -> Result<Vec<FunctionRecord>, ApiError> {
         let mut records = Vec::new();
         for name in self.record_names().await? {
-            if let Some(record) = self.read_record(&name).await? {
-                records.push(record);
+            match self.read_record(&name).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                // One bad record (tampered, malformed) must not hide the rest.
+                Err(error) if error.code == ErrorCode::Integrity => {
+                    tracing::error!(function = name, "not listed: {}", error.message);
+                }
+                Err(error) => return Err(error),
             }
         }
         records.sort_by(|a, b| a.name.cmp(&b.name));

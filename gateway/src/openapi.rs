@@ -5,7 +5,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::api;
-use crate::error::{ErrorBody, ErrorDetail};
+use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::functions::{DeployRequest, DeployResponse, FunctionInfo};
 
 #[derive(OpenApi)]
@@ -27,6 +27,7 @@ use crate::functions::{DeployRequest, DeployResponse, FunctionInfo};
     ),
     components(schemas(
         ErrorBody,
+        ErrorCode,
         ErrorDetail,
         DeployRequest,
         DeployResponse,

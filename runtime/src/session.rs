@@ -272,12 +272,15 @@ impl Session {
             .await
             .inspect_err(|_| self.poisoned = true)?;
         let loaded = self.trapped(outcome)?;
+        // What the import printed is taken either way: on success it must not
+        // show up in the next call's output.
         let state = self.store.data();
+        let (stdout, stderr) = (state.stdout.take(), state.stderr.take());
         loaded.map_err(|error| {
             guest_error(
                 error,
-                state.stdout.take(),
-                state.stderr.take(),
+                stdout,
+                stderr,
                 state.limiter.hit(),
                 self.settings.output_limit_bytes as usize,
             )

@@ -13,16 +13,28 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
+    // The root manifest holds the guest's dependency versions, lints and
+    // profile settings.
     for path in [
         "guest/src",
         "guest/Cargo.toml",
+        "Cargo.toml",
         "Cargo.lock",
         "wit/sandbox.wit",
     ] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
-    println!("cargo:rerun-if-env-changed=ERYX_WHEEL");
-    println!("cargo:rerun-if-env-changed=ERYX_GUEST_WASM");
+    for variable in [
+        "ERYX_WHEEL",
+        "ERYX_GUEST_WASM",
+        "ERYX_PYTHON",
+        "CARGO_TARGET_DIR",
+    ] {
+        println!("cargo:rerun-if-env-changed={variable}");
+    }
+    if let Some(path) = std::env::var_os("ERYX_GUEST_WASM") {
+        println!("cargo:rerun-if-changed={}", PathBuf::from(path).display());
+    }
     if let Err(error) = bundle(&workspace, &target_dir, &out_dir) {
         // A clear message instead of a panic's backtrace.
         eprintln!("eryx-preinit build script: {error}");

@@ -169,9 +169,16 @@ pub(crate) fn atomic_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> 
     fs::create_dir_all(parent)?;
     let tmp = tempfile::tempdir_in(parent)?;
     fill(tmp.path())?;
+    // A complete copy made meanwhile by another process is kept (others may
+    // be using it); a partial one (no adapter, which comes last) is replaced.
+    if dir.join(ADAPTER_FILE).exists() {
+        return Ok(());
+    }
     if dir.exists() {
         fs::remove_dir_all(dir)?;
     }
-    fs::rename(tmp.keep(), dir)?;
-    Ok(())
+    match fs::rename(tmp.keep(), dir) {
+        Err(_) if dir.join(ADAPTER_FILE).exists() => Ok(()),
+        outcome => Ok(outcome?),
+    }
 }

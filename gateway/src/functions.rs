@@ -337,6 +337,19 @@ impl Functions {
             .map(|(name, d)| (name.clone(), d.record.clone()))
             .collect();
         for (name, record) in loaded {
+            // Under the name's lock, so a refresh never undoes a deploy or
+            // delete made here meanwhile.
+            let lock = self.name_lock(&name);
+            let _guard = lock.lock().await;
+            let current = self
+                .deployed
+                .read()
+                .expect("lock")
+                .get(&name)
+                .map(|d| d.record.clone());
+            if current.as_ref() != Some(&record) {
+                continue;
+            }
             match self.read_record(&name).await {
                 Ok(Some(stored)) if stored == record => {}
                 Ok(Some(_)) => {
@@ -464,7 +477,12 @@ impl Functions {
     pub(crate) async fn delete(&self, name: &str) -> Result<bool, ApiError> {
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
-        let existed = self.read_record(name).await?.is_some();
+        // A record that fails its check (tampered) can still be deleted.
+        let existed = match self.read_record(name).await {
+            Ok(found) => found.is_some(),
+            Err(error) if error.code == ErrorCode::Integrity => true,
+            Err(error) => return Err(error),
+        };
         self.store.delete(&record_path(name)).await?;
         let in_memory = self.deployed.write().expect("lock").remove(name).is_some();
         Ok(existed || in_memory)
@@ -528,7 +546,19 @@ impl Functions {
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
         let source_sha256 = eryx_preinit::sha256_hex(request.source.as_bytes());
-        let previous = self.read_record(name).await?;
+        // A redeploy replaces a record that fails its check (tampered); its
+        // version cannot be trusted, so the count restarts at 1.
+        let previous = match self.read_record(name).await {
+            Err(error) if error.code == ErrorCode::Integrity => {
+                tracing::error!(
+                    function = name,
+                    "replacing an unverifiable record: {}",
+                    error.message
+                );
+                None
+            }
+            other => other?,
+        };
         let mut record = FunctionRecord {
             name: name.to_owned(),
             version: previous.as_ref().map_or(1, |p| p.version + 1),

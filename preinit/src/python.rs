@@ -21,6 +21,13 @@ pub fn ensure_dist(data_dir: &Path, progress: &dyn Progress) -> Result<PythonDis
     if dist.is_complete() {
         return Ok(dist);
     }
+    // Processes sharing the data directory unpack it once, one at a time.
+    std::fs::create_dir_all(data_dir)?;
+    let lock = std::fs::File::create(data_dir.join("python.lock"))?;
+    lock.lock()?;
+    if dist.is_complete() {
+        return Ok(dist);
+    }
     progress.step("unpacking CPython for WASI (embedded in this binary)");
     let dist = eryx_bundle::unpack(embedded::DIST, &dir)?;
     progress.done("unpacked CPython for WASI");

@@ -84,6 +84,9 @@ pub const MANIFEST_FORMAT: u32 = 3;
 /// Name of the field that carries a signed document's HMAC.
 const SIGNATURE_FIELD: &str = "signature";
 
+/// The signing domain of stored JSON documents (see [`eryx::SigningKey::sign`]).
+const DOCUMENT_DOMAIN: &str = "eryx-store-document";
+
 /// Whether `key` has the shape of an artifact key (64 lowercase hex digits),
 /// so it is safe to use in a store path or a local file name.
 pub fn is_artifact_key(key: &str) -> bool {
@@ -421,7 +424,7 @@ impl ArtifactStore {
         let unsigned = serde_json::to_vec(object).map_err(|e| Error::Decode(e.to_string()))?;
         object.insert(
             SIGNATURE_FIELD.to_owned(),
-            self.key.sign_hex(&unsigned).into(),
+            self.key.sign_hex(DOCUMENT_DOMAIN, &unsigned).into(),
         );
         let json = serde_json::to_vec_pretty(&value).map_err(|e| Error::Decode(e.to_string()))?;
         self.put(path, json).await
@@ -443,18 +446,18 @@ impl ArtifactStore {
         let Some(bytes) = self.get(path).await? else {
             return Ok(None);
         };
-        let mut value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{path}: {e}")))?;
         let bad = || Error::BadSignature {
             path: format!("{}/{path}", self.location),
         };
+        // Bytes that do not even parse carry no valid signature either.
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
         let object = value.as_object_mut().ok_or_else(bad)?;
         let signature = match object.remove(SIGNATURE_FIELD) {
             Some(serde_json::Value::String(signature)) => signature,
             _ => return Err(bad()),
         };
         let unsigned = serde_json::to_vec(object).map_err(|e| Error::Decode(e.to_string()))?;
-        if !self.key.verify_hex(&unsigned, &signature) {
+        if !self.key.verify_hex(DOCUMENT_DOMAIN, &unsigned, &signature) {
             return Err(bad());
         }
         serde_json::from_value(value)

@@ -22,6 +22,9 @@ pub(crate) struct DiskCache {
     key: SigningKey,
 }
 
+/// The signing domain of compiled-function entries.
+const DOMAIN: &str = "eryx-compile-cache-entry";
+
 /// Length of an entry's tag, in bytes.
 const TAG_BYTES: usize = 32;
 
@@ -50,7 +53,7 @@ impl wasmtime::CacheStore for DiskCache {
             return None;
         }
         let value = entry.split_off(TAG_BYTES);
-        if !self.key.verify(&tagged(key, &value), &entry) {
+        if !self.key.verify(DOMAIN, &tagged(key, &value), &entry) {
             tracing::warn!(
                 "compile cache entry {} has a bad tag: ignored",
                 self.path(key).display()
@@ -61,7 +64,7 @@ impl wasmtime::CacheStore for DiskCache {
     }
 
     fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
-        let mut entry = self.key.sign(&tagged(key, &value)).to_vec();
+        let mut entry = self.key.sign(DOMAIN, &tagged(key, &value)).to_vec();
         entry.extend_from_slice(&value);
         // Write a private temporary file and rename it, so concurrent
         // compilers (threads or processes) never read a partial entry.

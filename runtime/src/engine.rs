@@ -32,7 +32,9 @@ const TABLES_PER_INSTANCE: u32 = 4;
 /// default the native stack ran out first and deep `repr`/`==`/`json`
 /// recursion trapped instead of raising. 16 MiB is what CPython's own WASI
 /// test runner gives wasmtime (`--wasm max-wasm-stack=16777216`). The stack
-/// is reserved address space, committed as it is touched.
+/// is reserved address space, committed as it is touched; a pooled stack is
+/// not zeroed or decommitted when reused (wasmtime's defaults), so one that
+/// once ran deep keeps those pages resident.
 const WASM_STACK_BYTES: usize = 16 << 20;
 
 /// Stack left for host functions on an instance's fiber, beyond

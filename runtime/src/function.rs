@@ -212,6 +212,9 @@ impl FunctionBuilder {
     }
 }
 
+/// The signing domain of cached compiled components.
+const COMPONENT_DOMAIN: &str = "eryx-compiled-component";
+
 /// Compiles `wasm` on `engine`, keeping the compiled form in `cache_dir` (by
 /// the content hash of `wasm`, signed with `key`) when there is one.
 fn compile_cached(
@@ -226,12 +229,13 @@ fn compile_cached(
     // One read: the bytes whose tag is checked are the bytes deserialized.
     if let Ok(entry) = std::fs::read(&path) {
         match entry.split_at_checked(32) {
-            Some((tag, bytes)) if key.verify(bytes, tag) => {
+            Some((tag, bytes)) if key.verify(COMPONENT_DOMAIN, bytes, tag) => {
                 // SAFETY: these bytes carry a valid HMAC under the engine's
-                // signing key, which only `serialize` below (in a process
-                // holding the key) produces, so they are a component this
-                // engine configuration compiled; wasmtime also checks the
-                // header's version and settings and refuses a mismatch.
+                // signing key in the `COMPONENT_DOMAIN` domain, which only the
+                // `serialize` below (in a process holding the key) signs, so
+                // they are a component this engine configuration compiled;
+                // wasmtime also checks the header's version and settings and
+                // refuses a mismatch.
                 match unsafe { Component::deserialize(engine, bytes) } {
                     Ok(component) => return Ok(component),
                     Err(error) => tracing::warn!("recompiling {}: {error:#}", path.display()),
@@ -242,7 +246,7 @@ fn compile_cached(
     }
     let component = Component::new(engine, wasm).map_err(Error::from_wasmtime)?;
     let bytes = component.serialize().map_err(Error::from_wasmtime)?;
-    let mut entry = key.sign(&bytes).to_vec();
+    let mut entry = key.sign(COMPONENT_DOMAIN, &bytes).to_vec();
     entry.extend_from_slice(&bytes);
     let temporary = path.with_extension(format!("tmp{}", std::process::id()));
     if std::fs::write(&temporary, entry)

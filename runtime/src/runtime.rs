@@ -101,8 +101,10 @@ impl RuntimeBuilder {
     /// once and its bytes checked against `hash` (their [`content_hash`],
     /// hex) before those same bytes are loaded, so a file that does not have
     /// the hash is refused, never executed. The check is only as good as the
-    /// source of `hash`: eryx-preinit takes it from a manifest whose HMAC
-    /// under the hosts' [`SigningKey`](crate::SigningKey) verifies.
+    /// source of `hash`, which must be a trusted record of
+    /// [`Engine::precompile`] output: the file is native code. eryx-preinit
+    /// takes it from a manifest whose HMAC under the hosts'
+    /// [`SigningKey`](crate::SigningKey) verifies.
     pub fn with_precompiled_file(
         mut self,
         path: impl Into<PathBuf>,
@@ -214,11 +216,12 @@ fn load_precompiled(engine: &Engine, path: &Path, expected: &str) -> Result<Comp
         )));
     }
     // SAFETY: `bytes` are exactly the bytes whose content hash the caller
-    // took from the artifact's manifest, and eryx-preinit only hands over a
-    // manifest whose HMAC under the gateways' signing key verifies: they are
-    // the output of `Engine::precompile` on a host that holds the key.
-    // wasmtime also checks the header's version and configuration and
-    // refuses a mismatch.
+    // named (checked just above, on this one copy). By the contract of
+    // `RuntimeBuilder::with_precompiled_file`, that hash comes from a trusted
+    // record of `Engine::precompile` output (in this workspace: a manifest
+    // whose HMAC under the hosts' signing key eryx-preinit verified). wasmtime
+    // also checks the header's version and configuration and refuses a
+    // mismatch.
     let component = unsafe { Component::deserialize(engine.wasmtime(), &bytes) }
         .map_err(|e| Error::IncompatibleArtifact(format!("{}: {e:#}", path.display())))?;
     tracing::debug!(

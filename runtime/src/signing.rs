@@ -84,20 +84,16 @@ impl SigningKey {
         // Written whole to a private temporary file, then published with a
         // hard link, which fails if the name exists: a process that loses the
         // race reads the winner's complete key, never a partial one.
+        // (`NamedTempFile` makes a unique file, mode 0600, removed on drop.)
         let dir = path.parent().unwrap_or(Path::new("."));
-        let temporary = dir.join(format!(".signing-key-{}", std::process::id()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let written = options.open(&temporary).and_then(|mut file| {
-            std::io::Write::write_all(&mut file, hex::encode(key).as_bytes())?;
-            file.sync_all()
-        });
-        let published = written.and_then(|()| std::fs::hard_link(&temporary, path));
-        let _ = std::fs::remove_file(&temporary);
+        let mut temporary = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut temporary, hex::encode(key).as_bytes())?;
+        temporary.as_file().sync_all()?;
+        let published = std::fs::hard_link(temporary.path(), path);
+        drop(temporary);
         match published {
-            Ok(()) => SigningKey::from_bytes(&key),
+            // Read back: what is on disk is the key every process will use.
+            Ok(()) => SigningKey::from_hex(&std::fs::read_to_string(path)?),
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 SigningKey::from_hex(&std::fs::read_to_string(path)?)
             }
@@ -109,28 +105,37 @@ impl SigningKey {
         Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts keys of any length")
     }
 
-    /// The HMAC-SHA256 of `bytes` (32 bytes).
-    pub fn sign(&self, bytes: &[u8]) -> [u8; 32] {
+    /// A MAC over `domain` (NUL-terminated) and then `bytes`: each use of the
+    /// key names its own domain, so a tag made for one kind of data (a JSON
+    /// document) never verifies as another (compiled code).
+    fn mac_in(&self, domain: &str, bytes: &[u8]) -> Hmac<Sha256> {
         let mut mac = self.mac();
+        mac.update(domain.as_bytes());
+        mac.update(&[0]);
         mac.update(bytes);
-        mac.finalize().into_bytes().into()
+        mac
     }
 
-    /// The HMAC-SHA256 of `bytes`, as lowercase hex.
-    pub fn sign_hex(&self, bytes: &[u8]) -> String {
-        hex::encode(self.sign(bytes))
+    /// The HMAC-SHA256 (32 bytes) of `bytes` in `domain` (e.g.
+    /// `"eryx-document"`).
+    pub fn sign(&self, domain: &str, bytes: &[u8]) -> [u8; 32] {
+        self.mac_in(domain, bytes).finalize().into_bytes().into()
     }
 
-    /// Whether `tag` is the HMAC of `bytes` (compared in constant time).
-    pub fn verify(&self, bytes: &[u8], tag: &[u8]) -> bool {
-        let mut mac = self.mac();
-        mac.update(bytes);
-        mac.verify_slice(tag).is_ok()
+    /// [`sign`](Self::sign), as lowercase hex.
+    pub fn sign_hex(&self, domain: &str, bytes: &[u8]) -> String {
+        hex::encode(self.sign(domain, bytes))
     }
 
-    /// Whether `tag_hex` (hex) is the HMAC of `bytes`.
-    pub fn verify_hex(&self, bytes: &[u8], tag_hex: &str) -> bool {
-        hex::decode(tag_hex).is_ok_and(|tag| self.verify(bytes, &tag))
+    /// Whether `tag` is the HMAC of `bytes` in `domain` (compared in
+    /// constant time).
+    pub fn verify(&self, domain: &str, bytes: &[u8], tag: &[u8]) -> bool {
+        self.mac_in(domain, bytes).verify_slice(tag).is_ok()
+    }
+
+    /// Whether `tag_hex` (hex) is the HMAC of `bytes` in `domain`.
+    pub fn verify_hex(&self, domain: &str, bytes: &[u8], tag_hex: &str) -> bool {
+        hex::decode(tag_hex).is_ok_and(|tag| self.verify(domain, bytes, &tag))
     }
 }
 
@@ -142,11 +147,12 @@ mod tests {
     fn a_tag_verifies_only_its_bytes_under_its_key() {
         let key = SigningKey::from_bytes(&[7; 32]).unwrap();
         let other = SigningKey::from_bytes(&[8; 32]).unwrap();
-        let tag = key.sign_hex(b"manifest");
-        assert!(key.verify_hex(b"manifest", &tag));
-        assert!(!key.verify_hex(b"manifest!", &tag));
-        assert!(!other.verify_hex(b"manifest", &tag));
-        assert!(!key.verify_hex(b"manifest", "not hex"));
+        let tag = key.sign_hex("doc", b"manifest");
+        assert!(key.verify_hex("doc", b"manifest", &tag));
+        assert!(!key.verify_hex("doc", b"manifest!", &tag));
+        assert!(!key.verify_hex("code", b"manifest", &tag));
+        assert!(!other.verify_hex("doc", b"manifest", &tag));
+        assert!(!key.verify_hex("doc", b"manifest", "not hex"));
         assert!(SigningKey::from_bytes(&[1; 8]).is_err());
     }
 }

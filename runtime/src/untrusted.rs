@@ -1,7 +1,10 @@
 //! Checks on what the guest returns. Nothing lifted from an instance is
 //! trusted: user code can rebind what the guest's driver uses (`json.dumps`,
-//! `sys.stdout`, builtins), so every string is capped here, on the host, and
-//! a result that claims to be JSON is parsed before it is passed on.
+//! `sys.stdout`, builtins), so every string is capped here, on the host,
+//! before it is kept, logged or returned, and a result that claims to be JSON
+//! is parsed before it is passed on. Lifting itself copies the whole value
+//! first: one value is bounded by the instance's memory limit, not by these
+//! caps.
 
 /// Longest exception type name kept, in bytes.
 pub(crate) const MAX_TYPE_NAME_BYTES: usize = 256;

@@ -38,15 +38,7 @@ async fn deploy_invoke_list_redeploy_delete() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["message"], "Hello, eryx!");
 
-    let list: serde_json::Value = gw
-        .client
-        .get(format!("{}/v1/functions", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = gw.list().await;
     let names: Vec<&str> = list["functions"]
         .as_array()
         .unwrap()

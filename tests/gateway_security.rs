@@ -252,14 +252,6 @@ async fn tampered_function_record_is_refused_not_served() {
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"]["code"], "integrity", "{body}");
     // The listing leaves it out rather than failing as a whole.
-    let listed: serde_json::Value = gw
-        .client
-        .get(format!("{}/v1/functions", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = gw.list().await;
     assert_eq!(listed["functions"], json!([]), "{listed}");
 }

@@ -310,16 +310,26 @@ impl TestGateway {
         (status, response.json().await.unwrap())
     }
 
-    /// `GET /v1/functions/{name}`'s JSON body.
-    pub async fn info(&self, name: &str) -> serde_json::Value {
+    /// `GET /v1/functions`'s JSON body.
+    pub async fn list(&self) -> serde_json::Value {
+        self.get_json("/v1/functions").await
+    }
+
+    /// `GET path`'s JSON body.
+    async fn get_json(&self, path: &str) -> serde_json::Value {
         self.client
-            .get(format!("{}/v1/functions/{name}", self.url))
+            .get(format!("{}{path}", self.url))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// `GET /v1/functions/{name}`'s JSON body.
+    pub async fn info(&self, name: &str) -> serde_json::Value {
+        self.get_json(&format!("/v1/functions/{name}")).await
     }
 
     /// Waits (up to 120 s) until `name` is served from its compiled snapshot.

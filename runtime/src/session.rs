@@ -186,9 +186,8 @@ impl Session {
     /// stops code running in the instance, and a host-side timer (a little
     /// later) stops one blocked in the host, e.g. in `time.sleep`.
     async fn call(&mut self, call: Call) -> Result<(GuestOutcome, Duration)> {
-        self.ensure_usable()?;
+        let start = self.begin()?;
         let timeout = self.settings.timeout;
-        let start = self.arm_deadline();
         let instance = &self.instance;
         let options = ExecuteOptions {
             output_limit_bytes: self.settings.output_limit_bytes,
@@ -201,18 +200,27 @@ impl Session {
                     .await
             }
         });
-        let outcome = within(timeout, call)
-            .await
-            .inspect_err(|_| self.poisoned = true)?;
+        let waited = within(timeout, call).await;
         let duration = start.elapsed();
+        let value = self.end(waited.map(|outcome| outcome.and_then(|r| r)))?;
         tracing::debug!(elapsed_us = duration.as_micros() as u64, "called");
-        let value = self.trapped(outcome.and_then(|r| r))?;
         Ok((value, duration))
     }
 
-    /// Passes a successful export call's value on; a failed one poisons the
-    /// session and becomes its typed error, with the output written before.
-    fn trapped<T>(&mut self, outcome: wasmtime::Result<T>) -> Result<T> {
+    /// Starts an export call: refuses a session stopped earlier, and arms the
+    /// deadline (see [`arm_deadline`](Self::arm_deadline)); returns the start.
+    /// The call itself then runs under [`within`] the settings' timeout.
+    fn begin(&mut self) -> Result<Instant> {
+        self.ensure_usable()?;
+        Ok(self.arm_deadline())
+    }
+
+    /// Ends an export call begun with [`begin`](Self::begin): passes its
+    /// value on; a host-side timeout or a failed call poisons the session,
+    /// and a failed call becomes its typed error, with the output written
+    /// before it.
+    fn end<T>(&mut self, waited: Result<wasmtime::Result<T>>) -> Result<T> {
+        let outcome = waited.inspect_err(|_| self.poisoned = true)?;
         outcome.map_err(|error| {
             self.poisoned = true;
             let state = self.store.data();
@@ -259,19 +267,15 @@ impl Session {
     /// # Errors
     /// As [`FunctionBuilder::snapshot`](crate::FunctionBuilder::snapshot).
     pub async fn load_function(&mut self, function: &crate::FunctionSource<'_>) -> Result<()> {
-        self.ensure_usable()?;
-        let timeout = self.settings.timeout;
-        self.arm_deadline();
+        self.begin()?;
         let call = self.instance.call_load_function(
             &mut self.store,
             function.module_name,
             function.source,
             function.handler,
         );
-        let outcome = within(timeout, call)
-            .await
-            .inspect_err(|_| self.poisoned = true)?;
-        let loaded = self.trapped(outcome)?;
+        let waited = within(self.settings.timeout, call).await;
+        let loaded = self.end(waited)?;
         // What the import printed is taken either way: on success it must not
         // show up in the next call's output.
         let state = self.store.data();
@@ -323,15 +327,11 @@ impl Session {
     /// ([`with_state_limit_bytes`](crate::SandboxBuilder::with_state_limit_bytes));
     /// [`Error::Timeout`]; [`Error::Trap`] if the instance traps.
     pub async fn snapshot_state(&mut self) -> Result<StateSnapshot> {
-        self.ensure_usable()?;
-        let timeout = self.settings.timeout;
-        self.arm_deadline();
+        self.begin()?;
         let call = self.instance.call_snapshot_state(&mut self.store);
-        let outcome = within(timeout, call)
-            .await
-            .inspect_err(|_| self.poisoned = true)?;
+        let waited = within(self.settings.timeout, call).await;
         let snapshot = self
-            .trapped(outcome)?
+            .end(waited)?
             .map_err(|message| Error::State(cap(message, untrusted::MAX_MESSAGE_BYTES)))?;
         let limit = self.settings.state_limit_bytes;
         if snapshot.data.len() > limit {
@@ -359,16 +359,12 @@ impl Session {
     /// [`Error::State`] when the data does not unpickle (the session keeps
     /// the globals it had); [`Error::Timeout`]; [`Error::Trap`].
     pub async fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
-        self.ensure_usable()?;
-        let timeout = self.settings.timeout;
-        self.arm_deadline();
+        self.begin()?;
         let call = self
             .instance
             .call_restore_state(&mut self.store, &snapshot.data);
-        let outcome = within(timeout, call)
-            .await
-            .inspect_err(|_| self.poisoned = true)?;
-        self.trapped(outcome)?
+        let waited = within(self.settings.timeout, call).await;
+        self.end(waited)?
             .map_err(|message| Error::State(cap(message, untrusted::MAX_MESSAGE_BYTES)))
     }
 
@@ -377,14 +373,10 @@ impl Session {
     /// # Errors
     /// [`Error::Timeout`]; [`Error::Trap`] if the instance traps.
     pub async fn clear_state(&mut self) -> Result<()> {
-        self.ensure_usable()?;
-        let timeout = self.settings.timeout;
-        self.arm_deadline();
+        self.begin()?;
         let call = self.instance.call_clear_state(&mut self.store);
-        let outcome = within(timeout, call)
-            .await
-            .inspect_err(|_| self.poisoned = true)?;
-        self.trapped(outcome)
+        let waited = within(self.settings.timeout, call).await;
+        self.end(waited)
     }
 }
 

@@ -520,17 +520,9 @@ impl Functions {
                 self.limits.max_memory_mb
             )));
         }
+        // The runtime's own rule, checked before any work is done.
         for (key, value) in &request.env {
-            if key.is_empty() || key.contains(['=', '\0']) {
-                return Err(ApiError::bad_request(format!(
-                    "environment variable name {key:?} is invalid"
-                )));
-            }
-            if value.contains('\0') {
-                return Err(ApiError::bad_request(format!(
-                    "environment variable {key:?} has a NUL byte in its value"
-                )));
-            }
+            eryx::check_env(key, value).map_err(|e| ApiError::bad_request(e.to_string()))?;
         }
         let _slot = self
             .deploys

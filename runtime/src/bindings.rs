@@ -113,10 +113,12 @@ impl HostState {
 /// Checks one environment variable for an instance: a name that is not
 /// empty and has no `=` or NUL, a value without NUL (WASI passes them as C
 /// strings; a NUL would make every instance fail at start).
+/// [`SandboxBuilder::build`](crate::SandboxBuilder::build) applies it; callers
+/// that accept variables from users can check them earlier with it.
 ///
 /// # Errors
 /// [`Error::Config`] naming the variable.
-pub(crate) fn check_env(key: &str, value: &str) -> Result<()> {
+pub fn check_env(key: &str, value: &str) -> Result<()> {
     if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
         return Err(Error::Config(format!(
             "environment variable {key:?}: a name must be non-empty without `=` or NUL, a value without NUL"

@@ -41,6 +41,7 @@ mod session;
 mod signing;
 mod untrusted;
 
+pub use bindings::check_env;
 pub use engine::{Engine, EngineOptions, WASMTIME_VERSION};
 pub use error::{Error, PythonError, Result, TrapError, TrapKind};
 pub use function::{FunctionBuilder, FunctionSnapshot, FunctionSource};

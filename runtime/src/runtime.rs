@@ -187,7 +187,12 @@ impl RuntimeBuilder {
 /// hex. (Artifact *keys* are sha256 of the inputs; verifying 40 MB on every
 /// load needs a faster hash: BLAKE3 runs at several GB/s with SIMD.)
 pub fn content_hash(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
+    // Multi-threaded (rayon) for artifacts of tens of MB.
+    blake3::Hasher::new()
+        .update_rayon(bytes)
+        .finalize()
+        .to_hex()
+        .to_string()
 }
 
 fn load_precompiled(engine: &Engine, path: &Path, expected: &str) -> Result<Component> {
@@ -195,11 +200,7 @@ fn load_precompiled(engine: &Engine, path: &Path, expected: &str) -> Result<Comp
     // One read of the file: the bytes hashed are the bytes deserialized, so
     // a file swapped or rewritten after the check cannot be loaded instead.
     let bytes = std::fs::read(path)?;
-    let actual = blake3::Hasher::new()
-        .update_rayon(&bytes)
-        .finalize()
-        .to_hex()
-        .to_string();
+    let actual = content_hash(&bytes);
     let hashed = start.elapsed();
     if actual != expected {
         return Err(Error::CorruptArtifact {

@@ -101,7 +101,7 @@ fn benches(c: &mut Criterion) {
     });
     group.finish();
 
-    let python = real_python();
+    let python = eryx_tests::real_python();
     let mut group = c.benchmark_group("baseline");
     group.bench_function("python3_print_hi", |b| {
         b.iter(|| {
@@ -113,16 +113,6 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.finish();
-}
-
-/// The real interpreter binary: `python3` on PATH may be a version-manager
-/// shim that adds ~150 ms per start (`../shared/notes/toolchain.md`).
-fn real_python() -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 for the baseline");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 criterion_group!(cold_start, benches);

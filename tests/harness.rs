@@ -69,6 +69,20 @@ pub fn signing_key() -> eryx::SigningKey {
     eryx_preinit::signing_key(&eryx_preinit::default_data_dir()).expect("the signing key")
 }
 
+/// The real interpreter binary, for baselines: `python3` on PATH may be a
+/// version-manager shim that adds ~150 ms per start
+/// (`../shared/notes/toolchain.md`).
+///
+/// # Panics
+/// When `python3` cannot be run.
+pub fn real_python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 for the baseline");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// The standard library directory of the CPython distribution.
 pub fn stdlib_dir() -> std::path::PathBuf {
     eryx_preinit::python::ensure_dist(

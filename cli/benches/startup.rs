@@ -6,15 +6,6 @@ use std::process::Command;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// The real interpreter, not a version-manager shim (which adds ≈150 ms).
-fn python() -> String {
-    ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("python3")
-        .to_owned()
-}
-
 fn run(program: &str, args: &[&str]) {
     let output = Command::new(program).args(args).output().unwrap();
     assert!(output.status.success(), "{program}: {output:?}");
@@ -25,7 +16,7 @@ fn startup(c: &mut Criterion) {
     let eryx = env!("CARGO_BIN_EXE_eryx");
     // Warm-up outside the measurement: builds or fetches the base artifact.
     run(eryx, &["run", "-c", "print('hi')"]);
-    let python = python();
+    let python = eryx_tests::real_python();
     let mut group = c.benchmark_group("process_start_print_hi");
     group.sample_size(20);
     group.bench_function("eryx_run", |b| {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's first command (after ./setup.sh): builds eryx, starts the gateway on its embedded
-# defaults (127.0.0.1:8080, a local-filesystem store in ~/.cache/eryx), deploys
+# defaults (127.0.0.1:8080, a local-filesystem store in ~/.local/share/eryx), deploys
 # examples/functions/hello.py, invokes it, and keeps serving until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -147,7 +147,7 @@ async fn manifest_rewritten_without_the_key_or_from_another_engine_is_refused() 
     .unwrap();
     let refused = store.manifest(&key).await.unwrap_err();
     assert!(
-        matches!(refused, eryx_preinit::Error::BadSignature { .. }),
+        matches!(refused, eryx_preinit::Error::Store(eryx_store::Error::BadSignature { .. })),
         "{refused:?}"
     );
     std::fs::write(
@@ -157,7 +157,7 @@ async fn manifest_rewritten_without_the_key_or_from_another_engine_is_refused() 
     .unwrap();
     assert!(matches!(
         store.manifest(&key).await.unwrap_err(),
-        eryx_preinit::Error::BadSignature { .. }
+        eryx_preinit::Error::Store(eryx_store::Error::BadSignature { .. })
     ));
 
     // A manifest properly signed, but naming another engine: refused (not
@@ -166,6 +166,7 @@ async fn manifest_rewritten_without_the_key_or_from_another_engine_is_refused() 
     let mut manifest = store.manifest(&key).await.unwrap().unwrap();
     manifest.engine = "0".repeat(64);
     store
+        .objects()
         .put_signed(&format!("artifacts/{key}.json"), &manifest)
         .await
         .unwrap();

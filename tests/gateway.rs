@@ -638,6 +638,7 @@ async fn replicas_share_functions_through_s3_and_survive_its_outage() {
     for name in names {
         let bytes = std::fs::read(seeded.path().join("artifacts").join(&name)).unwrap();
         store
+            .objects()
             .put(&format!("artifacts/{name}"), bytes)
             .await
             .unwrap();

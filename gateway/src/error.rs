@@ -60,8 +60,14 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 408: the request body did not arrive within the body-read timeout.
     RequestTimeout,
+    /// 409: the resource changed since it was read (a session's version,
+    /// a function deployed elsewhere meanwhile); nothing was written.
+    Conflict,
     /// 413: the request body is over the limit.
     PayloadTooLarge,
+    /// 413: a session's new state is over the state limit; the previous
+    /// state is kept.
+    StateTooLarge,
     /// 429: the function's queue is full (`Retry-After`).
     TooManyRequests,
     /// 500: the handler raised.
@@ -103,7 +109,8 @@ impl ErrorCode {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Conflict => StatusCode::CONFLICT,
+            PayloadTooLarge | StateTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             PythonException | PythonSyntaxError | PythonExit | ResultNotJson | ResultTooLarge
             | MemoryLimit | Trap | Integrity | Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -124,7 +131,9 @@ impl ErrorCode {
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             RequestTimeout => "request_timeout",
+            Conflict => "conflict",
             PayloadTooLarge => "payload_too_large",
+            StateTooLarge => "state_too_large",
             TooManyRequests => "too_many_requests",
             PythonException => "python_exception",
             PythonSyntaxError => "python_syntax_error",
@@ -309,17 +318,33 @@ fn python_exit(stdout: String, stderr: String) -> eryx::PythonError {
 impl From<eryx_preinit::Error> for ApiError {
     fn from(error: eryx_preinit::Error) -> ApiError {
         match error {
-            eryx_preinit::Error::Store(message) => ApiError::new(
-                ErrorCode::StoreUnavailable,
-                format!("the artifact store failed: {message}"),
-            )
-            .retry_after(5),
-            error @ eryx_preinit::Error::BadSignature { .. } => {
+            eryx_preinit::Error::Store(error) => error.into(),
+            error => ApiError::internal(error.to_string()),
+        }
+    }
+}
+
+impl From<eryx_store::Error> for ApiError {
+    fn from(error: eryx_store::Error) -> ApiError {
+        match error {
+            eryx_store::Error::Unavailable { message, .. } => {
+                // The location names buckets and paths: the log has it.
+                tracing::warn!("the store failed: {message}");
+                ApiError::new(
+                    ErrorCode::StoreUnavailable,
+                    "the store cannot be reached or refused the request; nothing was changed",
+                )
+                .retry_after(5)
+            }
+            error @ eryx_store::Error::BadSignature { .. } => {
                 tracing::error!("{error}");
                 ApiError::new(
                     ErrorCode::Integrity,
                     "a stored document is not signed by this gateway's key (see the log)",
                 )
+            }
+            error @ eryx_store::Error::Conflict { .. } => {
+                ApiError::new(ErrorCode::Conflict, error.to_string())
             }
             error => ApiError::internal(error.to_string()),
         }

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use eryx_preinit::{ArtifactStore, Manifest};
+use eryx_store::{Condition, ETag};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -388,6 +389,7 @@ impl Functions {
             None => {
                 let source = self
                     .store
+                    .objects()
                     .get(&format!("sources/{}.py", record.source_sha256))
                     .await?
                     .ok_or_else(|| {
@@ -417,8 +419,20 @@ impl Functions {
     /// `name`'s record: signed by a holder of the gateway's key, and
     /// naming only well-formed keys (they become store paths and file names).
     async fn read_record(&self, name: &str) -> Result<Option<FunctionRecord>, ApiError> {
-        let Some(record): Option<FunctionRecord> =
-            self.store.get_signed(&record_path(name)).await?
+        Ok(self.read_record_tagged(name).await?.map(|(record, _)| record))
+    }
+
+    /// [`read_record`](Self::read_record) with the tag of the version read,
+    /// for a conditional put of the next one.
+    async fn read_record_tagged(
+        &self,
+        name: &str,
+    ) -> Result<Option<(FunctionRecord, ETag)>, ApiError> {
+        let Some((record, tag)): Option<(FunctionRecord, ETag)> = self
+            .store
+            .objects()
+            .get_signed_tagged(&record_path(name))
+            .await?
         else {
             return Ok(None);
         };
@@ -431,7 +445,7 @@ impl Functions {
                 format!("the stored record of function {name} is malformed"),
             ));
         }
-        Ok(Some(record))
+        Ok(Some((record, tag)))
     }
 
     /// The lock that serializes deploys and deletes of `name`.
@@ -446,10 +460,11 @@ impl Functions {
     async fn record_names(&self) -> Result<Vec<String>, ApiError> {
         Ok(self
             .store
+            .objects()
             .list("functions")
             .await?
             .iter()
-            .filter_map(|path| path.strip_prefix("functions/")?.strip_suffix(".json"))
+            .filter_map(|o| o.path.strip_prefix("functions/")?.strip_suffix(".json"))
             .map(str::to_owned)
             .collect())
     }
@@ -483,7 +498,7 @@ impl Functions {
             Err(error) if error.code == ErrorCode::Integrity => true,
             Err(error) => return Err(error),
         };
-        self.store.delete(&record_path(name)).await?;
+        self.store.objects().delete(&record_path(name)).await?;
         let in_memory = self.deployed.write().expect("lock").remove(name).is_some();
         Ok(existed || in_memory)
     }
@@ -539,17 +554,22 @@ impl Functions {
         let _guard = lock.lock().await;
         let source_sha256 = eryx_preinit::sha256_hex(request.source.as_bytes());
         // A redeploy replaces a record that fails its check (tampered); its
-        // version cannot be trusted, so the count restarts at 1.
-        let previous = match self.read_record(name).await {
+        // version cannot be trusted, so the count restarts at 1. Otherwise
+        // the new record is written only over the one read here (or only
+        // where none is): of two replicas deploying at once, one publishes
+        // the next version and the other gets a conflict.
+        let (previous, condition) = match self.read_record_tagged(name).await {
             Err(error) if error.code == ErrorCode::Integrity => {
                 tracing::error!(
                     function = name,
                     "replacing an unverifiable record: {}",
                     error.message
                 );
-                None
+                (None, None)
             }
-            other => other?,
+            Ok(Some((record, tag))) => (Some(record), Some(Condition::Matches(tag))),
+            Ok(None) => (None, Some(Condition::Create)),
+            Err(error) => return Err(error),
         };
         let mut record = FunctionRecord {
             name: name.to_owned(),
@@ -598,7 +618,8 @@ impl Functions {
                     (deployed, false, Some(pending), stdout, stderr)
                 }
             };
-        self.store
+        let objects = self.store.objects();
+        objects
             .put(
                 &format!("sources/{source_sha256}.py"),
                 request.source.into_bytes(),
@@ -606,7 +627,24 @@ impl Functions {
             .await?;
         // The record is written last (signed): until then the previous
         // version is the deployed one, here and for every other replica.
-        self.store.put_signed(&record_path(name), &record).await?;
+        let written = match condition {
+            Some(condition) => {
+                objects
+                    .put_signed_if(&record_path(name), &record, condition)
+                    .await
+            }
+            None => objects.put_signed(&record_path(name), &record).await,
+        };
+        written.map_err(|error| match error {
+            eryx_store::Error::Conflict { .. } => ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "function {name} was deployed elsewhere while this deploy ran; \
+                     nothing was published by this one (retry to deploy over it)"
+                ),
+            ),
+            error => error.into(),
+        })?;
         self.deployed
             .write()
             .expect("lock")

@@ -128,7 +128,10 @@ pub async fn ensure_runtime(
     for _attempt in 0..2 {
         let found = match store.manifest(&key).await {
             Ok(found) => found,
-            Err(error @ (Error::BadManifest(_) | Error::BadSignature { .. })) => {
+            Err(
+                error @ (Error::BadManifest(_)
+                | Error::Store(eryx_store::Error::BadSignature { .. })),
+            ) => {
                 tracing::warn!(key, "artifact manifest unusable, rebuilding: {error}");
                 rejected.push(error.to_string());
                 store.remove(&key).await?;
@@ -174,7 +177,7 @@ pub async fn ensure_runtime(
             Err(error) => return Err(error),
         }
     }
-    Err(Error::Store(format!(
+    Err(Error::BadManifest(format!(
         "artifact {key} still unusable after a rebuild: {}",
         rejected.join("; ")
     )))

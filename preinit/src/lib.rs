@@ -59,23 +59,14 @@ pub enum Error {
     /// Generating bindings or linking the component failed.
     #[error("linking the component: {0}")]
     Link(String),
-    /// The artifact store failed (unreachable, refused, malformed manifest).
+    /// The store failed: unreachable, a refused conditional put, or a
+    /// document that is unsigned or wrongly signed
+    /// ([`eryx_store::Error::BadSignature`]: it was not used) or malformed.
     #[error("artifact store: {0}")]
-    Store(String),
+    Store(#[from] eryx_store::Error),
     /// A stored manifest is malformed, of another format, or for another key.
     #[error("bad artifact manifest: {0}")]
     BadManifest(String),
-    /// A stored document is unsigned, or its signature does not verify under
-    /// this host's signing key (written by someone without the key, or
-    /// changed since); it was not used.
-    #[error("{path} is not signed with this host's signing key; refused")]
-    BadSignature {
-        /// The document's location.
-        path: String,
-    },
-    /// A stored document does not parse.
-    #[error("malformed stored document: {0}")]
-    Decode(String),
     /// Pre-initializing, precompiling or loading with the eryx runtime failed.
     #[error(transparent)]
     Runtime(Box<eryx::Error>),
@@ -169,17 +160,19 @@ pub fn cache_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("cache")
 }
 
-/// Where build outputs go unless told otherwise: `$ERYX_DATA_DIR`, else
-/// `$XDG_CACHE_HOME/eryx`, else `~/.cache/eryx`.
+/// The data directory unless told otherwise: `$ERYX_DATA_DIR`, else
+/// `$XDG_DATA_HOME/eryx`, else `~/.local/share/eryx` (the XDG Base
+/// Directory default). It is data, not a cache: the default local store in
+/// it holds what users deployed and their sessions' state.
 pub fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ERYX_DATA_DIR") {
         return dir.into();
     }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| Path::new(d).is_absolute()) {
         return Path::new(&dir).join("eryx");
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
-    Path::new(&home).join(".cache").join("eryx")
+    Path::new(&home).join(".local").join("share").join("eryx")
 }
 
 /// Links the component when `data_dir` does not hold it yet (unpacking

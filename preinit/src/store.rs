@@ -2,7 +2,7 @@
 //! manifests, behind `object_store` — a local directory by default, or any
 //! `s3://bucket/prefix` (so every gateway replica can share one build).
 //!
-//! Layout under the store's root: `artifacts/<key>.cwasm` and
+//! Layout under the store's root (an [`eryx_store::Store`]): `artifacts/<key>.cwasm` and
 //! `artifacts/<key>.json`. The manifest is written last and is the point of
 //! publication: a reader that finds it finds a complete artifact (a single
 //! object PUT is atomic on S3; the local store writes a temporary file and
@@ -10,14 +10,7 @@
 //! they can be memory-mapped and reused across processes.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
-use object_store::path::Path as StorePath;
-use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, atomic_write};
@@ -81,55 +74,37 @@ impl Manifest {
 /// Current [`Manifest::format`].
 pub const MANIFEST_FORMAT: u32 = 3;
 
-/// Name of the field that carries a signed document's HMAC.
-const SIGNATURE_FIELD: &str = "signature";
-
-/// The signing domain of stored JSON documents (see [`eryx::SigningKey::sign`]).
-const DOCUMENT_DOMAIN: &str = "eryx-store-document";
-
 /// Whether `key` has the shape of an artifact key (64 lowercase hex digits),
 /// so it is safe to use in a store path or a local file name.
 pub fn is_artifact_key(key: &str) -> bool {
     key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Where artifacts are published and fetched from.
+/// Where artifacts are published and fetched from: the `artifacts/`
+/// folder of an [`eryx_store::Store`], with a local cache of downloads.
 ///
 /// Trust: the store may be writable by others (a shared bucket), so every
-/// JSON document this store writes — artifact manifests, and what callers
-/// write with [`put_signed`](Self::put_signed) — carries an HMAC-SHA256
-/// under the hosts' [`SigningKey`](eryx::SigningKey), which the store never
-/// holds; reading one that is unsigned or wrongly signed fails with
-/// [`Error::BadSignature`], so bytes no key holder published are never
-/// loaded as native code.
-#[derive(Clone)]
+/// manifest is a signed document (see [`eryx_store::Store::put_signed`])
+/// and the `.cwasm` it names must have the content hash it records; an
+/// unsigned or wrongly signed manifest fails with
+/// [`eryx_store::Error::BadSignature`], so bytes no key holder published are
+/// never loaded as native code.
+#[derive(Debug, Clone)]
 pub struct ArtifactStore {
-    store: Arc<dyn ObjectStore>,
-    location: String,
+    objects: eryx_store::Store,
     cache_dir: PathBuf,
-    key: eryx::SigningKey,
-}
-
-impl std::fmt::Debug for ArtifactStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArtifactStore")
-            .field("location", &self.location)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ArtifactStore {
-    /// Opens the store at `location`: a local directory path, or
-    /// `s3://bucket[/prefix]` configured from the `AWS_*` environment variables
-    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and for a
-    /// local S3-compatible server `AWS_ENDPOINT_URL` with `AWS_ALLOW_HTTP=true`).
-    /// Path-style requests are used. Downloads are cached in `cache_dir`.
+    /// Opens the store at `location` (see [`eryx_store::Store::open`]: a
+    /// local directory, or `s3://bucket[/prefix]` from the `AWS_*`
+    /// environment variables). Downloads are cached in `cache_dir`.
     /// Documents are signed and checked with `key` (see
     /// [`crate::signing_key`] for the default one).
     ///
     /// # Errors
     /// [`Error::Store`] when the location is malformed or the directory
-    /// cannot be created.
+    /// cannot be created; [`Error::Io`] when `cache_dir` cannot be.
     pub fn open(location: &str, cache_dir: &Path, key: &eryx::SigningKey) -> Result<ArtifactStore> {
         ArtifactStore::open_with_options(
             location,
@@ -140,9 +115,7 @@ impl ArtifactStore {
     }
 
     /// Like [`open`](Self::open), with S3 settings given as `(key, value)`
-    /// pairs that override the environment (keys as in `object_store`'s
-    /// `AmazonS3ConfigKey`, e.g. `aws_endpoint`, `aws_access_key_id`,
-    /// `aws_allow_http`).
+    /// pairs that override the environment (see [`eryx_store::Store::open`]).
     ///
     /// # Errors
     /// As [`open`](Self::open).
@@ -152,58 +125,27 @@ impl ArtifactStore {
         key: &eryx::SigningKey,
         options: impl IntoIterator<Item = (impl AsRef<str>, impl Into<String>)>,
     ) -> Result<ArtifactStore> {
-        let store: Arc<dyn ObjectStore> = if let Some(rest) = location.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(Error::Store(format!("{location}: no bucket named")));
-            }
-            // Fail within seconds, not minutes, when S3 is unreachable (the
-            // default retries for 3 minutes): a gateway must answer its own
-            // clients with an error rather than hang.
-            let retry = RetryConfig {
-                max_retries: 2,
-                retry_timeout: Duration::from_secs(10),
-                ..RetryConfig::default()
-            };
-            let mut builder = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_virtual_hosted_style_request(false)
-                .with_retry(retry)
-                .with_config("connect_timeout".parse().map_err(store_error)?, "5s");
-            for (key, value) in options {
-                let key = key
-                    .as_ref()
-                    .parse()
-                    .map_err(|e| Error::Store(format!("S3 option {}: {e}", key.as_ref())))?;
-                builder = builder.with_config(key, value);
-            }
-            let s3 = builder.build().map_err(store_error)?;
-            let prefix = prefix.trim_matches('/');
-            if prefix.is_empty() {
-                Arc::new(s3)
-            } else {
-                Arc::new(PrefixStore::new(s3, StorePath::from(prefix)))
-            }
-        } else {
-            std::fs::create_dir_all(location)?;
-            Arc::new(LocalFileSystem::new_with_prefix(location).map_err(store_error)?)
-        };
+        let objects = eryx_store::Store::open(location, key, options)?;
         std::fs::create_dir_all(cache_dir)?;
         Ok(ArtifactStore {
-            store,
-            location: location.to_owned(),
+            objects,
             cache_dir: cache_dir.to_owned(),
-            key: key.clone(),
         })
+    }
+
+    /// The store itself, for everything else kept beside the artifacts
+    /// (function records, sources, sessions).
+    pub fn objects(&self) -> &eryx_store::Store {
+        &self.objects
     }
 
     /// Where this store is (its path or URL), for messages.
     pub fn location(&self) -> &str {
-        &self.location
+        self.objects.location()
     }
 
-    fn object(key: &str, extension: &str) -> StorePath {
-        StorePath::from(format!("artifacts/{key}.{extension}"))
+    fn object(key: &str, extension: &str) -> String {
+        format!("artifacts/{key}.{extension}")
     }
 
     /// The local cache path of artifact `key`'s pre-initialized `.wasm`.
@@ -230,13 +172,14 @@ impl ArtifactStore {
             )));
         }
         let Some(manifest): Option<Manifest> = self
-            .get_signed(&format!("artifacts/{key}.json"))
+            .objects
+            .get_signed(&Self::object(key, "json"))
             .await
             .map_err(|error| match error {
-                Error::Decode(message) => {
+                eryx_store::Error::Decode(message) => {
                     Error::BadManifest(format!("manifest of {key}: {message}"))
                 }
-                error => error,
+                error => Error::Store(error),
             })?
         else {
             return Ok(None);
@@ -280,18 +223,17 @@ impl ArtifactStore {
         if path.exists() {
             return Ok(path);
         }
-        let bytes = self
-            .store
-            .get(&Self::object(key, extension))
-            .await
-            .map_err(store_error)?
-            .bytes()
-            .await
-            .map_err(store_error)?;
+        let object = Self::object(key, extension);
+        let bytes = self.objects.get(&object).await?.ok_or_else(|| {
+            Error::BadManifest(format!(
+                "{}/{object} is missing though its manifest is published",
+                self.location()
+            ))
+        })?;
         let actual = eryx::content_hash(&bytes);
         if actual != expected {
             return Err(Error::HashMismatch {
-                what: format!("{}/artifacts/{key}.{extension}", self.location),
+                what: format!("{}/{object}", self.location()),
                 algorithm: "blake3",
                 expected: expected.to_owned(),
                 actual,
@@ -310,7 +252,7 @@ impl ArtifactStore {
     pub async fn fetch_snapshot(&self, manifest: &Manifest) -> Result<PathBuf> {
         check_key(&manifest.key)?;
         let Some(expected) = &manifest.snapshot_blake3 else {
-            return Err(Error::Store(format!(
+            return Err(Error::BadManifest(format!(
                 "artifact {} has no stored snapshot",
                 manifest.key
             )));
@@ -332,60 +274,8 @@ impl ArtifactStore {
     pub async fn publish_snapshot(&self, key: &str, wasm: Vec<u8>) -> Result<()> {
         check_key(key)?;
         atomic_write(&self.snapshot_cache_path(key), &wasm)?;
-        self.put(&format!("artifacts/{key}.wasm"), wasm).await
-    }
-
-    /// Writes the object `path` (relative to the store's root).
-    ///
-    /// # Errors
-    /// [`Error::Store`] when the upload fails.
-    pub async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
-        self.store
-            .put(&StorePath::from(path), PutPayload::from(bytes))
-            .await
-            .map_err(store_error)?;
+        self.objects.put(&Self::object(key, "wasm"), wasm).await?;
         Ok(())
-    }
-
-    /// Reads the object `path`, or `None` when there is none.
-    ///
-    /// # Errors
-    /// [`Error::Store`] when the store cannot be reached.
-    pub async fn get(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        match self.store.get(&StorePath::from(path)).await {
-            Ok(object) => Ok(Some(object.bytes().await.map_err(store_error)?.to_vec())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(store_error(e)),
-        }
-    }
-
-    /// Deletes the object `path`; a missing object is not an error.
-    ///
-    /// # Errors
-    /// [`Error::Store`] when the store refuses the deletion.
-    pub async fn delete(&self, path: &str) -> Result<()> {
-        match self.store.delete(&StorePath::from(path)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(store_error(e)),
-        }
-    }
-
-    /// Paths of the objects under `prefix` (a folder, without trailing `/`).
-    ///
-    /// # Errors
-    /// [`Error::Store`] when the store cannot be listed.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        use futures::TryStreamExt;
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&StorePath::from(prefix)))
-            .try_collect()
-            .await
-            .map_err(store_error)?;
-        Ok(objects
-            .into_iter()
-            .map(|o| o.location.to_string())
-            .collect())
     }
 
     /// Publishes an artifact: the `.cwasm` first, then its manifest, so that
@@ -397,72 +287,13 @@ impl ArtifactStore {
     pub async fn publish(&self, manifest: &Manifest, cwasm: Vec<u8>) -> Result<()> {
         check_key(&manifest.key)?;
         atomic_write(&self.cache_path(&manifest.key), &cwasm)?;
-        self.store
-            .put(
-                &Self::object(&manifest.key, "cwasm"),
-                PutPayload::from(cwasm),
-            )
-            .await
-            .map_err(store_error)?;
-        self.put_signed(&format!("artifacts/{}.json", manifest.key), manifest)
-            .await
-    }
-
-    /// Writes `document` as JSON at `path` with an HMAC under this store's
-    /// key in its top-level field `signature` (the tag covers the document's
-    /// JSON without that field).
-    ///
-    /// # Errors
-    /// [`Error::Store`] when the upload fails; [`Error::Decode`] when
-    /// `document` is not a JSON object.
-    pub async fn put_signed(&self, path: &str, document: &impl Serialize) -> Result<()> {
-        let mut value = serde_json::to_value(document).map_err(|e| Error::Decode(e.to_string()))?;
-        let object = value
-            .as_object_mut()
-            .ok_or_else(|| Error::Decode("a signed document must be a JSON object".into()))?;
-        object.remove(SIGNATURE_FIELD);
-        let unsigned = serde_json::to_vec(object).map_err(|e| Error::Decode(e.to_string()))?;
-        object.insert(
-            SIGNATURE_FIELD.to_owned(),
-            self.key.sign_hex(DOCUMENT_DOMAIN, &unsigned).into(),
-        );
-        let json = serde_json::to_vec_pretty(&value).map_err(|e| Error::Decode(e.to_string()))?;
-        self.put(path, json).await
-    }
-
-    /// Reads the signed JSON document at `path` (see
-    /// [`put_signed`](Self::put_signed)), or `None` when there is none.
-    ///
-    /// # Errors
-    /// [`Error::Store`] when the store cannot be reached;
-    /// [`Error::BadSignature`] when the document has no signature or one
-    /// that does not verify under this store's key (it was not written by a
-    /// holder of the key, or was changed since); [`Error::Decode`] when it
-    /// does not parse as `T`.
-    pub async fn get_signed<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-    ) -> Result<Option<T>> {
-        let Some(bytes) = self.get(path).await? else {
-            return Ok(None);
-        };
-        let bad = || Error::BadSignature {
-            path: format!("{}/{path}", self.location),
-        };
-        // Bytes that do not even parse carry no valid signature either.
-        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-        let object = value.as_object_mut().ok_or_else(bad)?;
-        let signature = match object.remove(SIGNATURE_FIELD) {
-            Some(serde_json::Value::String(signature)) => signature,
-            _ => return Err(bad()),
-        };
-        let unsigned = serde_json::to_vec(object).map_err(|e| Error::Decode(e.to_string()))?;
-        if !self.key.verify_hex(DOCUMENT_DOMAIN, &unsigned, &signature) {
-            return Err(bad());
-        }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| Error::Decode(format!("{path}: {e}")))
+        self.objects
+            .put(&Self::object(&manifest.key, "cwasm"), cwasm)
+            .await?;
+        self.objects
+            .put_signed(&Self::object(&manifest.key, "json"), manifest)
+            .await?;
+        Ok(())
     }
 
     /// Removes an artifact (manifest first, so it is unpublished before its
@@ -473,10 +304,7 @@ impl ArtifactStore {
     pub async fn remove(&self, key: &str) -> Result<()> {
         check_key(key)?;
         for extension in ["json", "cwasm", "wasm"] {
-            match self.store.delete(&Self::object(key, extension)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_error(e)),
-            }
+            self.objects.delete(&Self::object(key, extension)).await?;
         }
         for path in [self.cache_path(key), self.snapshot_cache_path(key)] {
             match std::fs::remove_file(path) {
@@ -497,8 +325,4 @@ fn check_key(key: &str) -> Result<()> {
             "{key:?} is not an artifact key (64 hex digits)"
         )))
     }
-}
-
-fn store_error(e: object_store::Error) -> Error {
-    Error::Store(e.to_string())
 }

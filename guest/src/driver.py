@@ -2,7 +2,9 @@
 
 The Rust guest (guest/src/exports.rs) calls the functions below for the WIT
 exports of `eryx:sandbox` and converts their plain return values (tuples of
-str, bytes, None) to WIT values. User code runs as the body of `__main__`.
+str, bytes, None) to WIT values. User code runs as the body of `__main__`, or,
+in an instance with a loaded function, in that function's module: its globals
+are then the ones `execute` sees and the state snapshots hold.
 """
 
 import ast
@@ -19,6 +21,17 @@ _USER_FILES = {FILENAME}
 _RESULT = "__eryx_result__"
 _MAIN = sys.modules["__main__"]
 _CO_COROUTINE = 0x80
+
+# Where user code runs and whose globals are the state: `__main__`, or the
+# loaded function's module (see `load_function`).
+_NAMESPACE = _MAIN.__dict__
+_NAMESPACE_NAME = "__main__"
+# The function module's values at import. They exist in every instance of its
+# snapshot, so they are pickled by reference; functions and classes defined
+# later (by `execute` in a session) are pickled by value. Kept alive so their
+# ids stay theirs.
+_ORIGINALS = ()
+_ORIGINAL_IDS = frozenset()
 
 
 class _Capture:
@@ -226,12 +239,12 @@ def execute(code, limit):
             text = "".join(traceback.format_exception_only(type(exc), exc))
             return ("syntax", _type_name(exc), str(exc), text, out.getvalue(), err.getvalue())
         try:
-            value = eval(codeobj, _MAIN.__dict__)
+            value = eval(codeobj, _NAMESPACE)
             if codeobj.co_flags & _CO_COROUTINE:
                 import asyncio
 
                 asyncio.run(value)
-            value = _MAIN.__dict__.pop(_RESULT, None) if has_result else None
+            value = _NAMESPACE.pop(_RESULT, None) if has_result else None
             result_repr, result_json = _result_values(value)
         except SystemExit as exc:
             code_ = exc.code
@@ -247,15 +260,16 @@ def execute(code, limit):
 
 # --- State snapshots --------------------------------------------------------
 #
-# Functions and classes defined in user code live in `__main__`, which a new
-# instance does not have, so they are pickled by value: code objects through
+# Functions and classes defined in user code live in `__main__` (or in a
+# function's module, after its import), which a new instance does not have, so
+# they are pickled by value: code objects through
 # `marshal` (same CPython build on both sides), classes as a skeleton plus
 # their attributes (so methods that refer back to their class, e.g. through
 # `super()`, pickle without recursion). Modules are pickled by name.
 
 
 def _user_names():
-    return [k for k in _MAIN.__dict__ if not (k.startswith("__") and k.endswith("__"))]
+    return [k for k in _NAMESPACE if not (k.startswith("__") and k.endswith("__"))]
 
 
 _EMPTY_CELL = ("eryx-empty-cell",)
@@ -265,7 +279,7 @@ def _function_skeleton(code, name, qualname, ncells):
     import marshal
 
     cells = tuple(types.CellType() for _ in range(ncells)) or None
-    fn = types.FunctionType(marshal.loads(code), _MAIN.__dict__, name, None, cells)
+    fn = types.FunctionType(marshal.loads(code), _NAMESPACE, name, None, cells)
     fn.__qualname__ = qualname
     return fn
 
@@ -283,7 +297,7 @@ def _set_function_state(fn, state):
 
 
 def _class_skeleton(meta, name, bases, qualname):
-    cls = meta(name, bases, {"__module__": "__main__"})
+    cls = meta(name, bases, {"__module__": _NAMESPACE_NAME})
     cls.__qualname__ = qualname
     return cls
 
@@ -301,6 +315,12 @@ def _cell_value(cell):
         return _EMPTY_CELL
 
 
+def _defined_by_user(obj):
+    """Whether a function or class was defined by user code in the namespace
+    (so a new instance lacks it), not imported with a function's module."""
+    return obj.__module__ == _NAMESPACE_NAME and id(obj) not in _ORIGINAL_IDS
+
+
 class _Pickler:
     @staticmethod
     def make(file):
@@ -312,7 +332,7 @@ class _Pickler:
                     import importlib
 
                     return importlib.import_module, (obj.__name__,)
-                if isinstance(obj, types.FunctionType) and obj.__module__ == "__main__":
+                if isinstance(obj, types.FunctionType) and _defined_by_user(obj):
                     import marshal
 
                     closure = obj.__closure__ or ()
@@ -325,7 +345,7 @@ class _Pickler:
                         obj.__doc__,
                     )
                     return _function_skeleton, args, state, None, None, _set_function_state
-                if isinstance(obj, type) and obj.__module__ == "__main__":
+                if isinstance(obj, type) and _defined_by_user(obj):
                     attrs = {
                         k: v
                         for k, v in obj.__dict__.items()
@@ -349,7 +369,7 @@ def _dumps(value):
 
 def snapshot_state():
     """Returns (pickle of the user's globals, names left out as unpicklable)."""
-    state = {k: _MAIN.__dict__[k] for k in _user_names()}
+    state = {k: _NAMESPACE[k] for k in _user_names()}
     skipped = []
     try:
         data = _dumps(state)
@@ -365,19 +385,19 @@ def snapshot_state():
 
 
 def restore_state(data):
-    """Unpickles a snapshot into `__main__` (same names are replaced)."""
+    """Unpickles a snapshot into the namespace (same names are replaced)."""
     import pickle
 
     state = pickle.loads(data)
     if not isinstance(state, dict):
         raise TypeError("a state snapshot must hold a dict of globals")
-    _MAIN.__dict__.update(state)
+    _NAMESPACE.update(state)
 
 
 def clear_state():
-    """Removes every user global from `__main__`."""
+    """Removes every user global from the namespace."""
     for key in _user_names():
-        del _MAIN.__dict__[key]
+        del _NAMESPACE[key]
 
 
 def preload(modules):
@@ -444,7 +464,7 @@ def load_function(module_name, source, handler_name):
     """
     import linecache
 
-    global _HANDLER
+    global _HANDLER, _NAMESPACE, _NAMESPACE_NAME, _ORIGINALS, _ORIGINAL_IDS
     filename = f"{module_name}.py"
     out = _Capture("<stdout>", 64 * 1024)
     err = _Capture("<stderr>", 64 * 1024)
@@ -474,6 +494,10 @@ def load_function(module_name, source, handler_name):
             message = f"{filename} must define a function {handler_name}(event, context); {handler_name} is {found}"
             return ("exception", "eryx.HandlerNotFound", message, "", out.getvalue(), err.getvalue())
         _HANDLER = handler
+        _NAMESPACE = module.__dict__
+        _NAMESPACE_NAME = module_name
+        _ORIGINALS = tuple(module.__dict__.values())
+        _ORIGINAL_IDS = frozenset(map(id, _ORIGINALS))
         _freeze()
         return ("ok", out.getvalue(), err.getvalue(), None, None)
     finally:

@@ -117,9 +117,20 @@ pub enum Error {
     /// does not import).
     #[error("pre-initialization: {0}")]
     Preinit(String),
-    /// Snapshotting or restoring Python state failed.
+    /// Snapshotting or restoring Python state failed (a value's pickling
+    /// raised for every attempt, or the data does not unpickle).
     #[error("state: {0}")]
     State(String),
+    /// The pickled state is larger than the sandbox's state limit
+    /// ([`with_state_limit_bytes`](crate::SandboxBuilder::with_state_limit_bytes));
+    /// it was not returned.
+    #[error("the pickled state is {size} bytes, over the limit of {limit} bytes")]
+    StateTooLarge {
+        /// Size of the pickle, in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// The runtime was configured wrongly (missing component, bad path).
     #[error("configuration: {0}")]
     Config(String),

@@ -13,6 +13,11 @@
 //! - [`Session`] — per instance: one fresh `Store` and instance, for one
 //!   [`Sandbox::execute`] or several calls that share Python globals.
 //!
+//! State can also outlive instances: [`Sandbox::execute_with_state`] and
+//! [`Sandbox::call_handler_with_state`] restore a pickled state into a fresh
+//! instance, run one call and return the state it leaves ([`WithState`]),
+//! so a session's variables can live in storage between requests.
+//!
 //! The component itself is built, pre-initialized, precompiled and stored by
 //! the `eryx-preinit` crate (or `eryx build`/`eryx run`, which do it on first
 //! use) from the WIT world in `wit/sandbox.wit`.
@@ -39,6 +44,7 @@ mod runtime;
 mod sandbox;
 mod session;
 mod signing;
+mod stateful;
 mod untrusted;
 
 pub use bindings::check_env;
@@ -52,3 +58,4 @@ pub use sandbox::{
 };
 pub use session::{Session, StateSnapshot};
 pub use signing::SigningKey;
+pub use stateful::WithState;

@@ -194,7 +194,7 @@ impl SandboxBuilder {
 
     /// Caps a pickled state snapshot, in bytes (default
     /// [`DEFAULT_STATE_LIMIT_BYTES`]); a larger one fails with
-    /// [`Error::State`](crate::Error::State).
+    /// [`Error::StateTooLarge`](crate::Error::StateTooLarge).
     pub fn with_state_limit_bytes(mut self, bytes: usize) -> Self {
         self.settings.state_limit_bytes = bytes;
         self

@@ -321,10 +321,13 @@ impl Session {
 
     /// Pickles the user's globals, under the session's timeout.
     ///
+    /// In an instance with a loaded function (a function's snapshot), the
+    /// globals are those of the function's module.
+    ///
     /// # Errors
-    /// [`Error::State`] when pickling fails as a whole or the pickle is
-    /// larger than the state limit
-    /// ([`with_state_limit_bytes`](crate::SandboxBuilder::with_state_limit_bytes));
+    /// [`Error::State`] when pickling fails as a whole;
+    /// [`Error::StateTooLarge`] when the pickle is larger than the state
+    /// limit ([`with_state_limit_bytes`](crate::SandboxBuilder::with_state_limit_bytes));
     /// [`Error::Timeout`]; [`Error::Trap`] if the instance traps.
     pub async fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         self.begin()?;
@@ -335,10 +338,10 @@ impl Session {
             .map_err(|message| Error::State(cap(message, untrusted::MAX_MESSAGE_BYTES)))?;
         let limit = self.settings.state_limit_bytes;
         if snapshot.data.len() > limit {
-            return Err(Error::State(format!(
-                "the pickled state is {} bytes, over the limit of {limit} bytes",
-                snapshot.data.len()
-            )));
+            return Err(Error::StateTooLarge {
+                size: snapshot.data.len(),
+                limit,
+            });
         }
         let mut skipped = snapshot.skipped;
         skipped.truncate(untrusted::MAX_SKIPPED_NAMES);
@@ -359,10 +362,13 @@ impl Session {
     /// [`Error::State`] when the data does not unpickle (the session keeps
     /// the globals it had); [`Error::Timeout`]; [`Error::Trap`].
     pub async fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
+        self.restore_bytes(&snapshot.data).await
+    }
+
+    /// [`restore_state`](Self::restore_state) from the bytes of a pickle.
+    pub(crate) async fn restore_bytes(&mut self, data: &[u8]) -> Result<()> {
         self.begin()?;
-        let call = self
-            .instance
-            .call_restore_state(&mut self.store, &snapshot.data);
+        let call = self.instance.call_restore_state(&mut self.store, data);
         let waited = within(self.settings.timeout, call).await;
         self.end(waited)?
             .map_err(|message| Error::State(cap(message, untrusted::MAX_MESSAGE_BYTES)))

@@ -147,7 +147,10 @@ async fn manifest_rewritten_without_the_key_or_from_another_engine_is_refused() 
     .unwrap();
     let refused = store.manifest(&key).await.unwrap_err();
     assert!(
-        matches!(refused, eryx_preinit::Error::Store(eryx_store::Error::BadSignature { .. })),
+        matches!(
+            refused,
+            eryx_preinit::Error::Store(eryx_store::Error::BadSignature { .. })
+        ),
         "{refused:?}"
     );
     std::fs::write(

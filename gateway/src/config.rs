@@ -189,6 +189,24 @@ pub struct Limits {
     /// redeployment or deletion made through another replica reaches this
     /// one (default 5 s).
     pub refresh_interval: Duration,
+    /// Largest pickled state of a session, in bytes (default 16 MiB); an
+    /// execute that would leave a larger one gets 413 `state_too_large` and
+    /// the previous state is kept.
+    pub session_state_limit_bytes: usize,
+    /// A session's time to live when its creation sets none (default 1 h):
+    /// it expires this long after its last use.
+    pub session_default_ttl: Duration,
+    /// Largest time to live a session may ask for (default 7 days).
+    pub session_max_ttl: Duration,
+    /// Bytes of decompressed session states this replica keeps in memory
+    /// (default 64 MiB; 0 turns the cache off).
+    pub session_cache_bytes: usize,
+    /// How long an unused state stays in that cache (default 10 min).
+    pub session_cache_idle: Duration,
+    /// How often this replica sweeps expired sessions and unreferenced
+    /// state objects from the store (default 60 s). Several replicas may
+    /// sweep at once.
+    pub session_sweep_interval: Duration,
 }
 
 impl Default for Limits {
@@ -214,6 +232,12 @@ impl Default for Limits {
             max_memory_mb: 512,
             shutdown_grace: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(5),
+            session_state_limit_bytes: 16 << 20,
+            session_default_ttl: Duration::from_secs(3600),
+            session_max_ttl: Duration::from_secs(7 * 24 * 3600),
+            session_cache_bytes: 64 << 20,
+            session_cache_idle: Duration::from_secs(600),
+            session_sweep_interval: Duration::from_secs(60),
         }
     }
 }

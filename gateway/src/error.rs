@@ -32,6 +32,10 @@ pub struct ErrorDetail {
     /// What the code wrote to stderr before failing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr: Option<String>,
+    /// With `conflict` on a session: the version it is at now (also its
+    /// `ETag`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
     /// The request's id (also in the `x-request-id` header).
     pub request_id: String,
 }
@@ -164,6 +168,8 @@ pub struct ApiError {
     pub python: Option<Box<eryx::PythonError>>,
     /// Seconds for a `Retry-After` header (overload responses).
     pub retry_after: Option<u64>,
+    /// A session's current version, for a `conflict` (body and `ETag`).
+    pub current_version: Option<u64>,
 }
 
 /// Longest error message put in a response or a log line, in bytes.
@@ -177,6 +183,7 @@ impl ApiError {
             message: excerpt(&message.into(), MAX_MESSAGE_BYTES),
             python: None,
             retry_after: None,
+            current_version: None,
         }
     }
 
@@ -229,6 +236,7 @@ impl ApiError {
                 traceback: python.and_then(|p| nonempty(&p.traceback)),
                 stdout: python.and_then(|p| nonempty(&p.stdout)),
                 stderr: python.and_then(|p| nonempty(&p.stderr)),
+                current_version: self.current_version,
                 request_id: request_id.to_owned(),
             },
         }

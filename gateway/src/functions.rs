@@ -19,7 +19,8 @@ use utoipa::ToSchema;
 
 use crate::Limits;
 use crate::error::{ApiError, ErrorCode};
-use crate::limits::Slots;
+use crate::limits::{KeyedLocks, Slots};
+use crate::sessions::{CallOutput, StatefulCall, run_with_state};
 
 /// Bumped whenever the per-function snapshot changes in a way its inputs do
 /// not show.
@@ -195,6 +196,51 @@ impl Deployed {
         }
     }
 
+    /// Runs `call` in a fresh instance with a session's `state` restored
+    /// into the module's globals, and returns what it left (see
+    /// [`eryx::Sandbox::execute_with_state`]).
+    pub(crate) async fn call_with_state(
+        &self,
+        state: Option<&[u8]>,
+        call: StatefulCall<'_>,
+    ) -> eryx::Result<(CallOutput, eryx::StateSnapshot)> {
+        match &self.serving {
+            Serving::Snapshot(sandbox) => run_with_state(sandbox, state, call).await,
+            Serving::Interim {
+                sandbox,
+                module_name,
+                source,
+                import_timeout,
+            } => {
+                let mut session = sandbox.session().await?;
+                session
+                    .load_function(&eryx::FunctionSource {
+                        module_name,
+                        source,
+                        handler: &self.record.handler,
+                        import_timeout: *import_timeout,
+                        memory_limit_bytes: None,
+                    })
+                    .await?;
+                if let Some(data) = state {
+                    session
+                        .restore_state(&eryx::StateSnapshot::from_bytes(data.to_vec()))
+                        .await?;
+                }
+                let output = match call {
+                    StatefulCall::Execute(code) => {
+                        CallOutput::Execute(session.execute(code).await?)
+                    }
+                    StatefulCall::Handler {
+                        event_json,
+                        context,
+                    } => CallOutput::Handler(session.call_handler(event_json, context).await?),
+                };
+                Ok((output, session.snapshot_state().await?))
+            }
+        }
+    }
+
     /// The API's view, with how it is served.
     pub(crate) fn info(&self) -> FunctionInfo {
         let mut info = FunctionInfo::from(&self.record);
@@ -224,7 +270,7 @@ pub(crate) struct Functions {
     deploys: Slots,
     /// One deploy or delete at a time per function name (single flight), so
     /// versions count up without gaps or repeats on this replica.
-    name_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    name_locks: KeyedLocks,
     /// Background compiles run one at a time (each uses every core).
     compile_lock: tokio::sync::Mutex<()>,
 }
@@ -287,7 +333,7 @@ impl Functions {
             queue_gauge,
             deployed: RwLock::new(HashMap::new()),
             deploys,
-            name_locks: std::sync::Mutex::new(HashMap::new()),
+            name_locks: KeyedLocks::default(),
             compile_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -419,7 +465,10 @@ impl Functions {
     /// `name`'s record: signed by a holder of the gateway's key, and
     /// naming only well-formed keys (they become store paths and file names).
     async fn read_record(&self, name: &str) -> Result<Option<FunctionRecord>, ApiError> {
-        Ok(self.read_record_tagged(name).await?.map(|(record, _)| record))
+        Ok(self
+            .read_record_tagged(name)
+            .await?
+            .map(|(record, _)| record))
     }
 
     /// [`read_record`](Self::read_record) with the tag of the version read,
@@ -450,10 +499,7 @@ impl Functions {
 
     /// The lock that serializes deploys and deletes of `name`.
     fn name_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.name_locks.lock().expect("lock");
-        // Drop locks nobody holds or waits for, so the map stays small.
-        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        locks.entry(name.to_owned()).or_default().clone()
+        self.name_locks.get(name)
     }
 
     /// Names of the functions recorded in the store (`functions/<name>.json`).

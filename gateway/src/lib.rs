@@ -5,8 +5,16 @@
 //! made from a per-function snapshot in about a millisecond.
 //!
 //! Routes: `PUT/GET/DELETE /v1/functions/{name}`, `GET /v1/functions`,
-//! `POST /v1/functions/{name}/invoke`, `/healthz`, `/readyz`, `/metrics`
+//! `POST /v1/functions/{name}/invoke[?session=id]`, `POST/GET /v1/sessions`,
+//! `GET/DELETE /v1/sessions/{id}`, `POST /v1/sessions/{id}/execute`,
+//! `GET/PUT /v1/sessions/{id}/state`, `/healthz`, `/readyz`, `/metrics`
 //! (Prometheus) and `/openapi.json`; see [`openapi_document`].
+//!
+//! Sessions keep their pickled Python state in the store (a local
+//! directory, or S3 shared by every replica), restored into a fresh instance
+//! for every request and written back with a conditional put: any replica
+//! serves any session, and of two concurrent writes exactly one wins (the
+//! other gets 409).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), eryx_gateway::Error> {
@@ -25,12 +33,17 @@ mod limits;
 mod metrics;
 mod openapi;
 mod server;
+mod sessions;
 
+pub use api::sessions::{
+    ExecuteRequest, ExecuteResponse, PythonFailure, SessionCreated, SessionList,
+};
 pub use api::{INCLUDE_OUTPUT, REQUEST_ID};
 pub use config::{Config, Limits};
 pub use error::{ErrorBody, ErrorDetail};
 pub use functions::{DeployRequest, DeployResponse, FunctionInfo, FunctionRecord};
 pub use server::Gateway;
+pub use sessions::{CreateSession, SessionInfo};
 
 /// The OpenAPI 3.1 document of the gateway's HTTP API, as JSON.
 pub fn openapi_document() -> String {

@@ -63,3 +63,21 @@ impl Slots {
         }
     }
 }
+
+/// One async lock per key (a function name, a session id), created on
+/// first use and dropped once nobody holds or waits for it. Waiters are
+/// served in arrival order (tokio's mutex is fair).
+#[derive(Debug, Default)]
+pub(crate) struct KeyedLocks {
+    locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    /// The lock of `key`.
+    pub(crate) fn get(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().expect("lock");
+        // Drop locks nobody holds or waits for, so the map stays small.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+}

@@ -4,9 +4,10 @@
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api;
+use crate::api::{self, sessions};
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::functions::{DeployRequest, DeployResponse, FunctionInfo};
+use crate::sessions::{CreateSession, SessionInfo};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +25,13 @@ use crate::functions::{DeployRequest, DeployResponse, FunctionInfo};
         api::deploy_function,
         api::delete_function,
         api::invoke_function,
+        sessions::create_session,
+        sessions::list_sessions,
+        sessions::get_session,
+        sessions::delete_session,
+        sessions::execute,
+        sessions::get_state,
+        sessions::put_state,
     ),
     components(schemas(
         ErrorBody,
@@ -35,10 +43,18 @@ use crate::functions::{DeployRequest, DeployResponse, FunctionInfo};
         api::FunctionList,
         api::Health,
         api::InvokeWithOutput,
+        CreateSession,
+        SessionInfo,
+        sessions::SessionCreated,
+        sessions::SessionList,
+        sessions::ExecuteRequest,
+        sessions::ExecuteResponse,
+        sessions::PythonFailure,
     )),
     modifiers(&BearerSecurity),
     tags(
         (name = "functions", description = "Deploy, list, delete and invoke functions"),
+        (name = "sessions", description = "Stateful sessions: Python state kept in the store between requests, each run in a fresh instance"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::functions::Functions;
 use crate::limits::Slots;
 use crate::metrics::Metrics;
+use crate::sessions::Sessions;
 use crate::{Config, Error};
 
 /// State shared by every request.
@@ -22,9 +23,11 @@ pub(crate) struct AppState {
     pub(crate) config: Config,
     pub(crate) metrics: Metrics,
     /// Gateway-wide invocation slots.
-    pub(crate) slots: Slots,
+    pub(crate) slots: Arc<Slots>,
     /// Set once start-up is done.
     pub(crate) functions: OnceLock<Arc<Functions>>,
+    /// Set once start-up is done, with `functions`.
+    pub(crate) sessions: OnceLock<Arc<Sessions>>,
     /// Set when start-up failed.
     pub(crate) startup_error: OnceLock<String>,
 }
@@ -86,16 +89,17 @@ impl Gateway {
             );
         }
         let metrics = Metrics::new();
-        let slots = Slots::new(
+        let slots = Arc::new(Slots::new(
             config.limits.max_concurrency,
             config.limits.max_queue,
             metrics.queue_depth.clone(),
-        );
+        ));
         let state = Arc::new(AppState {
             config,
             metrics,
             slots,
             functions: OnceLock::new(),
+            sessions: OnceLock::new(),
             startup_error: OnceLock::new(),
         });
         let (ready_tx, ready) = watch::channel(None);
@@ -106,7 +110,7 @@ impl Gateway {
         tokio::task::spawn_blocking(move || {
             let outcome = runtime.block_on(startup(&startup_state));
             let report = match outcome {
-                Ok(functions) => {
+                Ok((functions, sessions)) => {
                     let interval = startup_state.config.limits.refresh_interval;
                     let weak = Arc::downgrade(&functions);
                     runtime.spawn(async move {
@@ -118,7 +122,23 @@ impl Gateway {
                             }
                         }
                     });
+                    let interval = startup_state.config.limits.session_sweep_interval;
+                    let weak = Arc::downgrade(&sessions);
+                    runtime.spawn(async move {
+                        loop {
+                            tokio::time::sleep(interval).await;
+                            let Some(sessions) = weak.upgrade() else {
+                                break;
+                            };
+                            match sessions.sweep().await {
+                                Ok(0) => {}
+                                Ok(deleted) => tracing::info!(deleted, "swept session objects"),
+                                Err(error) => tracing::warn!("session sweep failed: {error}"),
+                            }
+                        }
+                    });
                     let _ = startup_state.functions.set(functions);
+                    let _ = startup_state.sessions.set(sessions);
                     tracing::info!("ready");
                     Ok(())
                 }
@@ -207,7 +227,7 @@ async fn wait_for_signal() {
 
 /// Prepares the base runtime and the function builder, then loads the
 /// functions already recorded in the store.
-async fn startup(state: &AppState) -> Result<Arc<Functions>, String> {
+async fn startup(state: &AppState) -> Result<(Arc<Functions>, Arc<Sessions>), String> {
     let config = &state.config;
     let data_dir = &config.data_dir;
     let cache_dir = eryx_preinit::cache_dir(data_dir);
@@ -254,18 +274,28 @@ async fn startup(state: &AppState) -> Result<Arc<Functions>, String> {
     let snapshot = std::fs::read(&snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
     let builder = eryx::FunctionBuilder::new(&engine, snapshot, runtime.stdlib_dir())
         .map_err(|e| e.to_string())?;
+    let objects = store.objects().clone();
     let functions = Arc::new(Functions::new(
         engine,
         store,
         report.manifest,
-        runtime,
+        runtime.clone(),
         builder,
         config.limits.clone(),
         state.metrics.queue_depth.clone(),
     ));
+    let sessions = Sessions::new(
+        objects,
+        key,
+        &runtime,
+        functions.clone(),
+        config.limits.clone(),
+        state.slots.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     let loaded = functions.load_all().await.map_err(|e| e.message)?;
     tracing::info!(functions = loaded, "loaded deployed functions");
-    Ok(functions)
+    Ok((functions, Arc::new(sessions)))
 }
 
 /// Accepts connections until told to stop, then waits for open connections

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{ExecuteResult, HandlerContext, HandlerOutput, Result, Sandbox, Session, StateSnapshot};
+use crate::{
+    ExecuteResult, HandlerContext, HandlerOutput, Result, Sandbox, Session, StateSnapshot,
+};
 
 /// What a call run with a state returned, the state it left, and what the
 /// state cost.

@@ -236,11 +236,10 @@ impl Store {
     /// to [`Error::Unavailable`].
     fn put_error(&self, path: &str, error: object_store::Error) -> Error {
         match error {
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-                Error::Conflict {
-                    path: path.to_owned(),
-                }
-            }
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => Error::Conflict {
+                path: path.to_owned(),
+            },
             error => self.unavailable(error),
         }
     }
@@ -508,14 +507,22 @@ mod tests {
 
     fn store(dir: &Path) -> Store {
         let key = eryx::SigningKey::from_bytes(&[7; 32]).unwrap();
-        Store::open(dir.to_str().unwrap(), &key, std::iter::empty::<(&str, String)>()).unwrap()
+        Store::open(
+            dir.to_str().unwrap(),
+            &key,
+            std::iter::empty::<(&str, String)>(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
     async fn local_conditional_put_refuses_a_stale_etag_and_an_existing_create() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        let first = store.put_if("a/head", "1", Condition::Create).await.unwrap();
+        let first = store
+            .put_if("a/head", "1", Condition::Create)
+            .await
+            .unwrap();
         assert!(matches!(
             store.put_if("a/head", "x", Condition::Create).await,
             Err(Error::Conflict { .. })
@@ -549,7 +556,10 @@ mod tests {
             })
         });
         let outcomes = futures::future::join_all(racers).await;
-        let won = outcomes.iter().filter(|o| o.as_ref().unwrap().is_ok()).count();
+        let won = outcomes
+            .iter()
+            .filter(|o| o.as_ref().unwrap().is_ok())
+            .count();
         assert_eq!(won, 1, "{outcomes:?}");
     }
 

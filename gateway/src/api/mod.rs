@@ -1,7 +1,11 @@
-//! The HTTP API: routing, authorization, body limits, and the handlers of
-//! every route (each documented for the OpenAPI document with `utoipa`).
+//! The HTTP API: routing (`matchit`), authorization, body limits, and the
+//! handlers of every route (each documented for the OpenAPI document with
+//! `utoipa`). The domain (functions, sessions) knows nothing of HTTP: its
+//! typed errors become status codes here.
 
-use std::sync::Arc;
+pub(crate) mod sessions;
+
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -105,6 +109,80 @@ pub(crate) async fn handle(
     response
 }
 
+/// Every route: its path template is also its metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Healthz,
+    Readyz,
+    Metrics,
+    OpenApi,
+    Functions,
+    Function,
+    Invoke,
+    Sessions,
+    Session,
+    SessionExecute,
+    SessionState,
+}
+
+impl Route {
+    const ALL: [Route; 11] = [
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::OpenApi,
+        Route::Functions,
+        Route::Function,
+        Route::Invoke,
+        Route::Sessions,
+        Route::Session,
+        Route::SessionExecute,
+        Route::SessionState,
+    ];
+
+    /// The path template, in `matchit`'s syntax (as in the OpenAPI document).
+    fn template(self) -> &'static str {
+        match self {
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Functions => "/v1/functions",
+            Route::Function => "/v1/functions/{name}",
+            Route::Invoke => "/v1/functions/{name}/invoke",
+            Route::Sessions => "/v1/sessions",
+            Route::Session => "/v1/sessions/{id}",
+            Route::SessionExecute => "/v1/sessions/{id}/execute",
+            Route::SessionState => "/v1/sessions/{id}/state",
+        }
+    }
+
+    /// The methods it takes, for a 405's message.
+    fn allowed(self) -> &'static str {
+        match self {
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi | Route::Functions => {
+                "GET"
+            }
+            Route::Function => "GET, PUT, DELETE",
+            Route::Invoke | Route::SessionExecute => "POST",
+            Route::Sessions => "GET, POST",
+            Route::Session => "GET, DELETE",
+            Route::SessionState => "GET, PUT",
+        }
+    }
+}
+
+/// The routes by path.
+static ROUTER: LazyLock<matchit::Router<Route>> = LazyLock::new(|| {
+    let mut router = matchit::Router::new();
+    for route in Route::ALL {
+        router
+            .insert(route.template(), route)
+            .expect("route templates are distinct");
+    }
+    router
+});
+
 /// Dispatches to the handler of the route; returns the route's template (for
 /// metrics) and the reply.
 async fn route(
@@ -112,46 +190,49 @@ async fn route(
     request: Request<Incoming>,
     request_id: &str,
 ) -> (&'static str, Reply) {
-    let segments: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
-    let method = request.method().clone();
-    match (segments.as_slice(), method) {
-        (["healthz"], Method::GET) => ("/healthz", healthz()),
-        (["readyz"], Method::GET) => ("/readyz", readyz(state)),
-        (["metrics"], Method::GET) => ("/metrics", metrics(state)),
-        (["openapi.json"], Method::GET) => ("/openapi.json", openapi()),
-        (["v1", "functions"], Method::GET) => {
-            ("/v1/functions", list_functions(state, &request).await)
-        }
-        (["v1", "functions", name], method) => {
-            let name = (*name).to_owned();
-            let reply = match method {
-                Method::PUT => deploy_function(state, request, name).await,
-                Method::GET => get_function(state, &request, &name).await,
-                Method::DELETE => delete_function(state, &request, &name).await,
-                _ => Err(method_not_allowed("GET, PUT, DELETE")),
-            };
-            ("/v1/functions/{name}", reply)
-        }
-        (["v1", "functions", name, "invoke"], method) => {
-            let name = (*name).to_owned();
-            let reply = if method == Method::POST {
-                invoke_function(state, request, name, request_id).await
-            } else {
-                Err(method_not_allowed("POST"))
-            };
-            ("/v1/functions/{name}/invoke", reply)
-        }
-        (["healthz" | "readyz" | "metrics" | "openapi.json"] | ["v1", "functions"], _) => {
-            ("other", Err(method_not_allowed("GET")))
-        }
-        _ => (
+    let path = request.uri().path().to_owned();
+    let Ok(matched) = ROUTER.at(&path) else {
+        return (
             "other",
             Err(ApiError::not_found(format!(
                 "no route for {}",
-                request.uri().path()
+                excerpt(&path, 256)
             ))),
-        ),
-    }
+        );
+    };
+    let route = *matched.value;
+    let param = |name: &str| matched.params.get(name).unwrap_or_default().to_owned();
+    let method = request.method().clone();
+    let reply = match (route, method) {
+        (Route::Healthz, Method::GET) => healthz(),
+        (Route::Readyz, Method::GET) => readyz(state),
+        (Route::Metrics, Method::GET) => metrics(state),
+        (Route::OpenApi, Method::GET) => openapi(),
+        (Route::Functions, Method::GET) => list_functions(state, &request).await,
+        (Route::Function, Method::PUT) => deploy_function(state, request, param("name")).await,
+        (Route::Function, Method::GET) => get_function(state, &request, &param("name")).await,
+        (Route::Function, Method::DELETE) => delete_function(state, &request, &param("name")).await,
+        (Route::Invoke, Method::POST) => {
+            invoke_function(state, request, param("name"), request_id).await
+        }
+        (Route::Sessions, Method::POST) => sessions::create_session(state, request).await,
+        (Route::Sessions, Method::GET) => sessions::list_sessions(state, &request).await,
+        (Route::Session, Method::GET) => sessions::get_session(state, &request, &param("id")).await,
+        (Route::Session, Method::DELETE) => {
+            sessions::delete_session(state, &request, &param("id")).await
+        }
+        (Route::SessionExecute, Method::POST) => {
+            sessions::execute(state, request, &param("id")).await
+        }
+        (Route::SessionState, Method::GET) => {
+            sessions::get_state(state, &request, &param("id")).await
+        }
+        (Route::SessionState, Method::PUT) => {
+            sessions::put_state(state, request, &param("id")).await
+        }
+        (route, _) => Err(method_not_allowed(route.allowed())),
+    };
+    (route.template(), reply)
 }
 
 fn method_not_allowed(allowed: &'static str) -> ApiError {
@@ -226,6 +307,9 @@ fn error_response(error: &ApiError, request_id: &str) -> Response<Full<Bytes>> {
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if let Some(version) = error.current_version {
+        sessions::set_etag(&mut response, version);
+    }
     if error.code == ErrorCode::Unauthorized {
         response
             .headers_mut()
@@ -254,13 +338,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Call
     if !state.config.auth_enabled() {
         return Ok(Caller::Admin);
     }
-    let Some(token) = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-    else {
+    let Some(token) = bearer_token(headers) else {
         return Err(ApiError::new(
             ErrorCode::Unauthorized,
             "this gateway requires an `Authorization: Bearer <token>` header",
@@ -290,6 +368,17 @@ fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Call
     Err(ApiError::new(ErrorCode::Unauthorized, "unknown token"))
 }
 
+/// The bearer token of the `Authorization` header, if any (the scheme is
+/// case-insensitive, RFC 7235).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
 /// A token's SHA-256 digest: a fixed length to compare in constant time.
 fn token_digest(token: &str) -> [u8; 32] {
     use sha2::Digest;
@@ -298,7 +387,16 @@ fn token_digest(token: &str) -> [u8; 32] {
 
 /// Reads the body up to the configured limit (413 past it).
 async fn read_body(state: &AppState, request: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let limit = state.config.limits.max_body_bytes;
+    read_body_limited(state, request, state.config.limits.max_body_bytes).await
+}
+
+/// Reads the body up to `limit` bytes (413 past it), within the body-read
+/// timeout (408 past it).
+async fn read_body_limited(
+    state: &AppState,
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -526,15 +624,20 @@ async fn deploy_function(state: &Arc<AppState>, request: Request<Incoming>, name
 /// calls `handler(event, context)` in a fresh instance made from the
 /// function's snapshot and answers with the return value as JSON. With
 /// `?include_output=true` (or header `x-eryx-include-output: true`) the answer
-/// is an object with `result`, `stdout` and `stderr`.
+/// is an object with `result`, `stdout` and `stderr`. With `?session=<id>`
+/// the handler runs with that session's module globals restored, and the
+/// globals it leaves are saved as the session's next version (its `ETag`);
+/// a failed call saves nothing.
 #[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "functions", security(("bearer" = [])),
     params(("name" = String, Path, description = "Function name"),
-           ("include_output" = Option<bool>, Query, description = "Also return stdout and stderr")),
+           ("include_output" = Option<bool>, Query, description = "Also return stdout and stderr"),
+           ("session" = Option<String>, Query, description = "Run with this session's state (a session created with this function)")),
     request_body(description = "The event, any JSON value", content((Object = "application/json"))),
     responses((status = 200, description = "The handler's return value (or InvokeWithOutput)", body = Object),
               (status = 400, description = "The body is not JSON", body = ErrorBody),
-              (status = 404, description = "No such function", body = ErrorBody),
-              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 404, description = "No such function or session", body = ErrorBody),
+              (status = 409, description = "The session changed while the handler ran; nothing was saved", body = ErrorBody),
+              (status = 413, description = "Body too large, or the session's new state over its limit", body = ErrorBody),
               (status = 429, description = "The function's queue is full (Retry-After)", body = ErrorBody),
               (status = 500, description = "The handler raised, or hit its memory limit", body = ErrorBody),
               (status = 503, description = "The gateway is full or not ready (Retry-After)", body = ErrorBody),
@@ -562,6 +665,11 @@ async fn invoke_function(
             "this token may not see handler output or tracebacks",
         ));
     }
+    let session = query_value(&request, "session").map(str::to_owned);
+    let owner = session
+        .as_ref()
+        .map(|_| sessions::owner(state, &request, caller))
+        .transpose()?;
     let deployed = functions(state)?
         .get(&name)
         .await?
@@ -578,6 +686,46 @@ async fn invoke_function(
     };
     let limits = &state.config.limits;
     let metrics = &state.metrics;
+    let context = eryx::HandlerContext {
+        request_id: request_id.to_owned(),
+        function_name: name.clone(),
+        function_version: deployed.record.version,
+    };
+    if let (Some(id), Some(owner)) = (session, owner) {
+        // The session's own lock and slots, in that order (see `Sessions`).
+        let sessions = sessions::sessions(state)?;
+        metrics.in_flight.inc();
+        let start = Instant::now();
+        let outcome = sessions
+            .invoke(&owner, &id, &name, &event_json, &context)
+            .await;
+        metrics.in_flight.dec();
+        metrics
+            .invocation_seconds
+            .with_label_values(&[&name])
+            .observe(start.elapsed().as_secs_f64());
+        return match outcome {
+            Ok((output, head)) => {
+                let mut response = invoke_response(
+                    state,
+                    request_id,
+                    &name,
+                    output,
+                    include_output,
+                    deployed.record.version,
+                )?;
+                sessions::set_etag(&mut response, head.version());
+                Ok(response)
+            }
+            Err(error) => Err(invoke_failed(
+                state,
+                request_id,
+                &name,
+                sessions::api_error(error),
+                include_output,
+            )),
+        };
+    }
     let _function_slot = deployed
         .slots
         .acquire(limits.queue_timeout)
@@ -590,82 +738,116 @@ async fn invoke_function(
         .map_err(|rejected| overloaded(rejected, ErrorCode::Overloaded, "the gateway"))?;
     metrics.in_flight.inc();
     let start = Instant::now();
-    let context = eryx::HandlerContext {
-        request_id: request_id.to_owned(),
-        function_name: name.clone(),
-        function_version: deployed.record.version,
-    };
     let outcome = deployed.call(&event_json, &context).await;
     metrics.in_flight.dec();
     metrics
         .invocation_seconds
         .with_label_values(&[&name])
         .observe(start.elapsed().as_secs_f64());
-    let version = deployed.record.version;
     match outcome {
-        Ok(output) => {
-            metrics
-                .instance_create_seconds
-                .observe(output.instantiate_time.as_secs_f64());
-            metrics.invocations.with_label_values(&[&name, "ok"]).inc();
-            log_output(request_id, &name, &output.stdout, &output.stderr);
-            let mut response = if include_output {
-                let result = serde_json::from_str(&output.result_json)
-                    .map_err(|e| ApiError::internal(format!("handler result: {e}")))?;
-                json_response(
-                    StatusCode::OK,
-                    &InvokeWithOutput {
-                        result,
-                        stdout: output.stdout,
-                        stderr: output.stderr,
-                    },
-                )
-            } else {
-                raw_json(StatusCode::OK, output.result_json.into_bytes())
-            };
-            let headers = response.headers_mut();
-            headers.insert("x-eryx-function-version", HeaderValue::from(version));
-            if let Ok(timing) = HeaderValue::from_str(&format!(
-                "instantiate;dur={:.3}, handler;dur={:.3}",
-                output.instantiate_time.as_secs_f64() * 1000.0,
-                output.duration.as_secs_f64() * 1000.0
-            )) {
-                headers.insert("server-timing", timing);
-            }
-            Ok(response)
-        }
-        Err(error) => {
-            let api = ApiError::from_eryx(error);
-            metrics
-                .invocations
-                .with_label_values(&[&name, api.code.as_str()])
-                .inc();
-            if let Some(python) = &api.python {
-                log_output(request_id, &name, &python.stdout, &python.stderr);
-            }
-            tracing::warn!(
-                request_id,
-                function = name,
-                code = api.code.as_str(),
-                "invocation failed: {}",
-                api.message
-            );
-            if include_output {
-                Err(api)
-            } else {
-                Err(api.without_details())
-            }
-        }
+        Ok(output) => invoke_response(
+            state,
+            request_id,
+            &name,
+            output,
+            include_output,
+            deployed.record.version,
+        ),
+        Err(error) => Err(invoke_failed(
+            state,
+            request_id,
+            &name,
+            ApiError::from_eryx(error),
+            include_output,
+        )),
+    }
+}
+
+/// The answer to a successful invocation: the handler's JSON, or with
+/// `include_output` an [`InvokeWithOutput`]; counted in the metrics.
+fn invoke_response(
+    state: &AppState,
+    request_id: &str,
+    name: &str,
+    output: eryx::HandlerOutput,
+    include_output: bool,
+    version: u64,
+) -> Reply {
+    let metrics = &state.metrics;
+    metrics
+        .instance_create_seconds
+        .observe(output.instantiate_time.as_secs_f64());
+    metrics.invocations.with_label_values(&[name, "ok"]).inc();
+    log_output(request_id, name, &output.stdout, &output.stderr);
+    let mut response = if include_output {
+        let result = serde_json::from_str(&output.result_json)
+            .map_err(|e| ApiError::internal(format!("handler result: {e}")))?;
+        json_response(
+            StatusCode::OK,
+            &InvokeWithOutput {
+                result,
+                stdout: output.stdout,
+                stderr: output.stderr,
+            },
+        )
+    } else {
+        raw_json(StatusCode::OK, output.result_json.into_bytes())
+    };
+    let headers = response.headers_mut();
+    headers.insert("x-eryx-function-version", HeaderValue::from(version));
+    if let Ok(timing) = HeaderValue::from_str(&format!(
+        "instantiate;dur={:.3}, handler;dur={:.3}",
+        output.instantiate_time.as_secs_f64() * 1000.0,
+        output.duration.as_secs_f64() * 1000.0
+    )) {
+        headers.insert("server-timing", timing);
+    }
+    Ok(response)
+}
+
+/// A failed invocation: counted, logged, and stripped of its details
+/// unless the caller asked for them (and may see them).
+fn invoke_failed(
+    state: &AppState,
+    request_id: &str,
+    name: &str,
+    api: ApiError,
+    include_output: bool,
+) -> ApiError {
+    state
+        .metrics
+        .invocations
+        .with_label_values(&[name, api.code.as_str()])
+        .inc();
+    if let Some(python) = &api.python {
+        log_output(request_id, name, &python.stdout, &python.stderr);
+    }
+    tracing::warn!(
+        request_id,
+        function = name,
+        code = api.code.as_str(),
+        "invocation failed: {}",
+        api.message
+    );
+    if include_output {
+        api
+    } else {
+        api.without_details()
     }
 }
 
 /// Whether the query string sets `flag` to `true` or `1`.
 fn query_flag(request: &Request<Incoming>, flag: &str) -> bool {
-    request.uri().query().is_some_and(|query| {
-        query.split('&').any(|pair| {
-            pair.split_once('=')
-                .is_some_and(|(key, value)| key == flag && (value == "true" || value == "1"))
-        })
+    query_value(request, flag).is_some_and(|value| value == "true" || value == "1")
+}
+
+/// The value of `key` in the query string, if set (values used here are
+/// never percent-encoded: flags, ids).
+fn query_value<'r>(request: &'r Request<Incoming>, key: &str) -> Option<&'r str> {
+    request.uri().query()?.split('&').find_map(|pair| {
+        pair.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, value)| value)
     })
 }
 

@@ -9,88 +9,14 @@
 //! `cargo bench -p eryx-benches --bench gateway`; figures in README.md.
 //! `ERYX_BENCH_SECONDS` sets the duration of each load step (default 5).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use eryx_tests::TestGateway;
 
+mod load;
+use load::{load, ms};
+
 const HELLO: &str = include_str!("../examples/functions/hello.py");
-
-struct Step {
-    name: String,
-    concurrency: usize,
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-    errors: usize,
-}
-
-impl Step {
-    fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let index = ((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1);
-        sorted.get(index).copied().unwrap_or_default()
-    }
-
-    fn rate(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// Sends requests from `concurrency` workers for `seconds`, each worker
-/// waiting for its answer before sending the next.
-async fn load(
-    client: &reqwest::Client,
-    name: &str,
-    request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync + 'static,
-    concurrency: usize,
-    seconds: f64,
-) -> Step {
-    let request = Arc::new(request);
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, request, stop) = (client.clone(), request.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let begun = Instant::now();
-                    match request(&client).send().await {
-                        Ok(response) if response.status().is_success() => {
-                            let _ = response.bytes().await;
-                            latencies.push(begun.elapsed());
-                        }
-                        _ => errors += 1,
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut step = Step {
-        name: name.to_owned(),
-        concurrency,
-        latencies: Vec::new(),
-        elapsed: Duration::ZERO,
-        errors: 0,
-    };
-    for worker in workers {
-        let (latencies, errors) = worker.await.unwrap();
-        step.latencies.extend(latencies);
-        step.errors += errors;
-    }
-    step.elapsed = start.elapsed();
-    step
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// Compiles one per-function snapshot twice, side by side: on an engine
 /// with the compile cache (warm from the base) and on one without.
@@ -209,7 +135,7 @@ fn main() {
             .build()
             .unwrap();
         // Warm up connections and code paths.
-        load(&client, "warm-up", move |c| c.get(health_url.clone()), 8, 0.5).await;
+        load(&client, "warm-up", move |c, _| c.get(health_url.clone()), 8, 0.5).await;
         let health_url = format!("{}/healthz", gw.url);
 
         println!(
@@ -218,12 +144,12 @@ fn main() {
         );
         for concurrency in [1, 8, 64] {
             let url = health_url.clone();
-            let health = load(&client, "healthz", move |c| c.get(url.clone()), concurrency, seconds).await;
+            let health = load(&client, "healthz", move |c, _| c.get(url.clone()), concurrency, seconds).await;
             let url = invoke_url.clone();
             let invoke = load(
                 &client,
                 "invoke",
-                move |c| {
+                move |c, _| {
                     c.post(url.clone())
                         .header("content-type", "application/json")
                         .body(r#"{"name": "bench"}"#)

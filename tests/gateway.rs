@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use eryx_gateway::{Config, Limits};
-use eryx_tests::{S3Server, TestGateway, seed_store};
+use eryx_tests::{S3Server, TestGateway, start_gateway};
 use serde_json::json;
 
 const HELLO: &str = include_str!("../examples/functions/hello.py");
@@ -488,6 +488,10 @@ async fn openapi_document_parses_and_lists_every_route() {
         ("/v1/functions", &["get"]),
         ("/v1/functions/{name}", &["get", "put", "delete"]),
         ("/v1/functions/{name}/invoke", &["post"]),
+        ("/v1/sessions", &["get", "post"]),
+        ("/v1/sessions/{id}", &["get", "delete"]),
+        ("/v1/sessions/{id}/execute", &["post"]),
+        ("/v1/sessions/{id}/state", &["get", "put"]),
     ] {
         let item = paths
             .get(path)
@@ -496,7 +500,7 @@ async fn openapi_document_parses_and_lists_every_route() {
             assert!(item.get(*method).is_some(), "{method} {path} missing");
         }
     }
-    assert_eq!(paths.len(), 7, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 11, "{:?}", paths.keys());
     assert!(document["components"]["schemas"]["ErrorBody"].is_object());
     // Every error code is one of a typed enum, listed in the document.
     let codes = document["components"]["schemas"]["ErrorCode"]["enum"]
@@ -508,6 +512,8 @@ async fn openapi_document_parses_and_lists_every_route() {
         "host_not_allowed",
         "integrity",
         "trap",
+        "conflict",
+        "state_too_large",
     ] {
         assert!(
             codes.contains(&serde_json::json!(code)),
@@ -619,51 +625,15 @@ async fn replicas_share_functions_through_s3_and_survive_its_outage() {
     server.create_bucket("eryx-gateway");
     let location = "s3://eryx-gateway/prod";
     // Seed the bucket with the base artifact (as `eryx build --store` would).
-    let seeded = tempfile::tempdir().unwrap();
-    seed_store(seeded.path());
-    let cache = tempfile::tempdir().unwrap();
-    let store = eryx_preinit::ArtifactStore::open_with_options(
-        location,
-        cache.path(),
-        &eryx_tests::signing_key(),
-        server.options(),
-    )
-    .unwrap();
-    let mut names: Vec<_> = std::fs::read_dir(seeded.path().join("artifacts"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    // Manifests last: they publish.
-    names.sort_by_key(|n| n.ends_with(".json"));
-    for name in names {
-        let bytes = std::fs::read(seeded.path().join("artifacts").join(&name)).unwrap();
-        store
-            .objects()
-            .put(&format!("artifacts/{name}"), bytes)
-            .await
-            .unwrap();
-    }
+    server.seed(location).await;
 
     let s3_config = || {
         let mut limits = Limits::default();
         limits.refresh_interval = Duration::from_millis(300);
-        let mut config = Config::new().with_store(location).with_limits(limits);
-        for (key, value) in server.options() {
-            config = config.with_store_option(key, value);
-        }
-        config
+        server.gateway_config(location).with_limits(limits)
     };
-    let start = |config: Config| async move {
-        let gateway =
-            eryx_gateway::Gateway::start(config.with_listen("127.0.0.1:0".parse().unwrap()))
-                .await
-                .unwrap();
-        gateway.ready().await.unwrap();
-        let url = format!("http://{}", gateway.local_addr());
-        (gateway, url)
-    };
-    let (first, first_url) = start(s3_config()).await;
-    let (second, second_url) = start(s3_config()).await;
+    let (first, first_url) = start_gateway(s3_config()).await;
+    let (second, second_url) = start_gateway(s3_config()).await;
     let client = reqwest::Client::new();
     let deployed = client
         .put(format!("{first_url}/v1/functions/hello?wait=true"))

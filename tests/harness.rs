@@ -184,6 +184,11 @@ impl S3Server {
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     }
 
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `object_store` S3 settings that reach this server.
     pub fn options(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -361,4 +366,143 @@ impl TestGateway {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+impl S3Server {
+    /// A gateway configuration whose store is `location` (`s3://bucket/…`)
+    /// on this server.
+    pub fn gateway_config(&self, location: &str) -> eryx_gateway::Config {
+        let mut config = eryx_gateway::Config::new().with_store(location);
+        for (key, value) in self.options() {
+            config = config.with_store_option(key, value);
+        }
+        config
+    }
+
+    /// Copies the base artifacts into `location` (`s3://bucket/…`) on this
+    /// server, manifests last (as `eryx build --store` would publish them),
+    /// so gateways on it start without building.
+    ///
+    /// # Panics
+    /// When the base artifact cannot be built or an upload fails.
+    pub async fn seed(&self, location: &str) {
+        let seeded = tempfile::tempdir().unwrap();
+        seed_store(seeded.path());
+        let key = signing_key();
+        let store = eryx_store::Store::open(location, &key, self.options()).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(seeded.path().join("artifacts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort_by_key(|n| n.ends_with(".json"));
+        for name in names {
+            let bytes = std::fs::read(seeded.path().join("artifacts").join(&name)).unwrap();
+            store
+                .put(&format!("artifacts/{name}"), bytes)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Starts a gateway with `config` on an ephemeral loopback port and waits
+/// until it is ready; returns it and its URL.
+///
+/// # Panics
+/// When it does not start.
+pub async fn start_gateway(config: eryx_gateway::Config) -> (eryx_gateway::Gateway, String) {
+    let gateway = eryx_gateway::Gateway::start(config.with_listen("127.0.0.1:0".parse().unwrap()))
+        .await
+        .expect("gateway start");
+    gateway.ready().await.expect("gateway ready");
+    let url = format!("http://{}", gateway.local_addr());
+    (gateway, url)
+}
+
+/// A TCP proxy on an ephemeral loopback port in front of `127.0.0.1:target`
+/// that can be taken down (every connection refused or cut) and brought back,
+/// to make a server unreachable without losing its data.
+pub struct TcpProxy {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding to `127.0.0.1:target`.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub async fn start(target: u16) -> TcpProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (down2, generation2) = (down.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if down2.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let born = generation2.load(Ordering::SeqCst);
+                let generation = generation2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let cut = async {
+                        while generation.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = copy => {}
+                        () = cut => {}
+                    }
+                });
+            }
+        });
+        TcpProxy {
+            port,
+            down,
+            generation,
+            task,
+        }
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Takes the proxy down (`true`: open connections are cut, new ones
+    /// closed at once) or brings it back (`false`).
+    pub fn set_down(&self, down: bool) {
+        use std::sync::atomic::Ordering;
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `object_store` S3 settings that reach the S3 server through `proxy`.
+pub fn s3_options_via(server: &S3Server, proxy: &TcpProxy) -> Vec<(&'static str, String)> {
+    let mut options = server.options();
+    options[0].1 = format!("http://127.0.0.1:{}", proxy.port());
+    options
 }

@@ -131,3 +131,47 @@ async fn corrupt_snapshot_is_refused_and_state_kept() {
         Some("'precious'")
     );
 }
+
+#[tokio::test]
+async fn state_passed_between_fresh_instances_carries_globals_and_a_failure_returns_none() {
+    let sandbox = sandbox();
+    let first = sandbox
+        .execute_with_state(None, "def inc(v):\n    return v + 1\ncount = inc(0)")
+        .await
+        .unwrap();
+    assert!(first.state.skipped.is_empty());
+    assert_eq!(first.restore_time, std::time::Duration::ZERO);
+    // A second, fresh instance: only the passed state connects them.
+    let second = sandbox
+        .execute_with_state(Some(&first.state.data), "count = inc(count)\ncount")
+        .await
+        .unwrap();
+    assert_eq!(second.output.result.as_deref(), Some("2"));
+    // A failed call returns no state; the caller keeps the one it had.
+    let failed = sandbox
+        .execute_with_state(
+            Some(&second.state.data),
+            "count = 100\nraise ValueError('no')",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, Error::Exception(_)), "{failed:?}");
+    let third = sandbox
+        .execute_with_state(Some(&second.state.data), "count")
+        .await
+        .unwrap();
+    assert_eq!(third.output.result.as_deref(), Some("2"));
+    // Over the state limit: its own error.
+    let small = eryx::Sandbox::builder(eryx_tests::runtime())
+        .with_state_limit_bytes(1 << 10)
+        .build()
+        .unwrap();
+    let error = small
+        .execute_with_state(None, "big = 'x' * 10_000")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::StateTooLarge { limit: 1024, .. }),
+        "{error:?}"
+    );
+}

@@ -1,4 +1,5 @@
-//! `eryx deploy` and `eryx invoke`: thin HTTP clients of a gateway.
+//! `eryx deploy` and `eryx invoke`: thin HTTP clients of a gateway (and the
+//! request helpers `eryx session` and `eryx repl` share).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,10 +12,11 @@ use clap::Args;
 pub struct Target {
     /// The gateway's base URL.
     #[arg(long, env = "ERYX_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Bearer token (admin for deploy, admin or invoke for invoke).
+    pub url: String,
+    /// Bearer token (admin for deploy, admin or invoke for invoke and
+    /// sessions).
     #[arg(long, env = "ERYX_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub token: Option<String>,
 }
 
 /// Flags of `eryx deploy`.
@@ -61,7 +63,11 @@ fn parse_env(entry: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{entry:?} is not KEY=VALUE"))
 }
 
-fn request(target: &Target, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+pub(crate) fn request(
+    target: &Target,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
     let url = format!("{}{path}", target.url.trim_end_matches('/'));
     let builder = reqwest::Client::new().request(method, url);
     match &target.token {
@@ -70,7 +76,7 @@ fn request(target: &Target, method: reqwest::Method, path: &str) -> reqwest::Req
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
@@ -98,7 +104,7 @@ fn failed(status: reqwest::StatusCode, body: &str) -> ExitCode {
 
 /// Sends `request`; returns the body of a success, or the exit status after
 /// printing an error response.
-async fn send(
+pub(crate) async fn send(
     request: reqwest::RequestBuilder,
     target: &Target,
 ) -> anyhow::Result<Result<String, ExitCode>> {

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 mod client;
 mod serve;
+mod session;
 
 /// Run Python in isolated WebAssembly instances of CPython 3.14.
 #[derive(Parser)]
@@ -51,11 +52,17 @@ enum Command {
     },
     /// Serve the gateway: deploy Python functions over HTTP and run every
     /// invocation in a fresh instance.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Deploy a Python file to a gateway as function NAME.
     Deploy(client::DeployArgs),
     /// Invoke function NAME on a gateway with a JSON event; prints the result.
     Invoke(client::InvokeArgs),
+    /// Create, use, show and delete stateful sessions on a gateway.
+    #[command(subcommand)]
+    Session(session::SessionCommand),
+    /// An interactive Python REPL whose state is a gateway's session (kept in
+    /// its store: leave and resume with --session).
+    Repl(session::ReplArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,10 +85,12 @@ fn main() -> ExitCode {
                     .with_writer(std::io::stderr)
                     .init();
             }
-            serve::run(args, cli.data_dir, cli.store)
+            serve::run(*args, cli.data_dir, cli.store)
         }
         Command::Deploy(args) => client::deploy(args),
         Command::Invoke(args) => client::invoke(args),
+        Command::Session(command) => session::run(command),
+        Command::Repl(args) => session::repl(args),
         command => {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::from_env("ERYX_LOG"))
@@ -163,7 +172,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             Ok(report(tokio.block_on(sandbox.execute(&code))))
         }
-        Command::Serve(_) | Command::Deploy(_) | Command::Invoke(_) => {
+        Command::Serve(_)
+        | Command::Deploy(_)
+        | Command::Invoke(_)
+        | Command::Session(_)
+        | Command::Repl(_) => {
             unreachable!("handled in main")
         }
     }

@@ -91,6 +91,18 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     allowed_hosts: Vec<String>,
+    /// Largest pickled state of a session in bytes (413 `state_too_large`
+    /// past it, the old state kept) [default: 16 MiB].
+    #[arg(long, env = "ERYX_SESSION_STATE_LIMIT_BYTES")]
+    session_state_limit_bytes: Option<usize>,
+    /// Seconds a session lives after its last use when its creation sets no
+    /// `ttl_s` [default: 3600].
+    #[arg(long, env = "ERYX_SESSION_TTL_SECS")]
+    session_ttl_secs: Option<u64>,
+    /// Bytes of session states this replica caches in memory (0: none)
+    /// [default: 64 MiB].
+    #[arg(long, env = "ERYX_SESSION_CACHE_BYTES")]
+    session_cache_bytes: Option<usize>,
     /// Let invoke-only tokens see handler output and tracebacks.
     #[arg(long, env = "ERYX_INVOKE_TOKENS_SEE_DETAILS")]
     invoke_tokens_see_details: bool,
@@ -123,6 +135,14 @@ pub fn run(
         args.function_max_concurrency,
     );
     set(&mut limits.function_max_queue, args.function_max_queue);
+    set(
+        &mut limits.session_state_limit_bytes,
+        args.session_state_limit_bytes,
+    );
+    set(&mut limits.session_cache_bytes, args.session_cache_bytes);
+    if let Some(secs) = args.session_ttl_secs {
+        limits.session_default_ttl = Duration::from_secs(secs);
+    }
     set(
         &mut limits.max_concurrent_deploys,
         args.max_concurrent_deploys,

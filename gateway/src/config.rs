@@ -207,6 +207,10 @@ pub struct Limits {
     /// state objects from the store (default 60 s). Several replicas may
     /// sweep at once.
     pub session_sweep_interval: Duration,
+    /// How long the sweep leaves an expired session, or a state object no
+    /// head names, before deleting it (default 6 min: longer than the
+    /// longest request, so no request still running on it is affected).
+    pub session_sweep_grace: Duration,
 }
 
 impl Default for Limits {
@@ -238,6 +242,7 @@ impl Default for Limits {
             session_cache_bytes: 64 << 20,
             session_cache_idle: Duration::from_secs(600),
             session_sweep_interval: Duration::from_secs(60),
+            session_sweep_grace: Duration::from_secs(360),
         }
     }
 }

@@ -644,13 +644,14 @@ impl Sessions {
     }
 
     /// Removes what expired sessions and past versions left in the store:
-    /// heads expired for longer than a grace period (the longest a request
-    /// may run, plus a minute, so no request still running on one is
-    /// affected) with their objects, and state objects that no head names,
-    /// once as old as the grace period. Deleting is idempotent, so replicas
-    /// may sweep at the same time. Returns how many objects were deleted.
+    /// heads expired for longer than the grace period
+    /// ([`Limits::session_sweep_grace`]: longer than any request runs, so
+    /// none still running on one is affected) with their objects, and state
+    /// objects that no head names, once older than the grace period.
+    /// Deleting is idempotent, so replicas may sweep at the same time.
+    /// Returns how many objects were deleted.
     pub(crate) async fn sweep(&self) -> Result<usize, SessionError> {
-        let grace_ms = self.limits.max_timeout_ms + 60_000;
+        let grace_ms = self.limits.session_sweep_grace.as_millis() as u64;
         let now = eryx_preinit::unix_ms();
         let mut by_session: std::collections::BTreeMap<String, Vec<eryx_store::ObjectInfo>> =
             Default::default();

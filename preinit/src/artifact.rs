@@ -111,6 +111,10 @@ pub fn artifact_key(component_key: &str, engine: &eryx::Engine) -> String {
 ///
 /// The CPU-heavy steps (linking, pre-initialization, Cranelift) run on the
 /// calling thread: call it where blocking for seconds is acceptable.
+/// Processes on one machine that call it at the same time wait for each
+/// other on `data_dir/artifact.lock` (each build differs in its bytes — the
+/// snapshot's hash secret — so two interleaved publishes could pair one
+/// build's manifest with the other's cached bytes).
 ///
 /// # Errors
 /// Any step's [`Error`]; a second failure after a rebuild is returned as is.
@@ -123,6 +127,9 @@ pub async fn ensure_runtime(
     // Keys come from what the binary embeds: nothing is linked unless the
     // artifact must be built.
     let key = artifact_key(&crate::link::component_key(), engine);
+    std::fs::create_dir_all(data_dir)?;
+    let lock = std::fs::File::create(data_dir.join("artifact.lock"))?;
+    lock.lock()?;
     let stdlib_dir = crate::python::ensure_dist(data_dir, progress)?.stdlib_dir();
     let mut rejected = Vec::new();
     for _attempt in 0..2 {

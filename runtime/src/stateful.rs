@@ -75,10 +75,11 @@ impl Sandbox {
     /// A fresh instance with `state` restored, and the time restoring took.
     async fn restored(&self, state: Option<&[u8]>) -> Result<(Session, Duration)> {
         let mut session = self.session().await?;
+        let Some(data) = state else {
+            return Ok((session, Duration::ZERO));
+        };
         let start = Instant::now();
-        if let Some(data) = state {
-            session.restore_bytes(data).await?;
-        }
+        session.restore_bytes(data).await?;
         Ok((session, start.elapsed()))
     }
 }

@@ -755,3 +755,61 @@ async fn the_examples_deploy_and_answer() {
     assert_eq!(answers[3].1["top"], json!([["the", 2]]));
     assert_eq!(answers[3].1["words"], 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_deploying_at_once_cannot_both_publish_a_version() {
+    let store = tempfile::tempdir().unwrap();
+    eryx_tests::seed_store(store.path());
+    let config = || Config::new().with_store(store.path().to_str().unwrap());
+    let (a, a_url) = start_gateway(config()).await;
+    let (b, b_url) = start_gateway(config()).await;
+    let client = reqwest::Client::new();
+    let deploy = |url: String, answer: &'static str| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .put(format!("{url}/v1/functions/raced"))
+                .body(format!(
+                    "def handler(event, context):\n    return {answer:?}\n"
+                ))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Both read "no record" before either writes one (the import and
+    // snapshot take a few hundred ms in between): the store's conditional
+    // put lets one create version 1, and the other learns it lost.
+    let ((one, one_body), (two, two_body)) =
+        tokio::join!(deploy(a_url.clone(), "a"), deploy(b_url.clone(), "b"));
+    let mut statuses = [one, two];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{one_body} {two_body}");
+    let loser = if one == 409 { &one_body } else { &two_body };
+    assert_eq!(loser["error"]["code"], "conflict", "{loser}");
+    let winner = if one == 201 { "a" } else { "b" };
+    for url in [&a_url, &b_url] {
+        let answer: serde_json::Value = client
+            .post(format!("{url}/v1/functions/raced/invoke"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer, winner);
+        let info: serde_json::Value = client
+            .get(format!("{url}/v1/functions/raced"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["version"], 1, "{info}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -182,6 +182,8 @@ fn incomplete(source: &str) -> bool {
     let mut depth = 0i32;
     let mut chars = source.chars().peekable();
     let mut quote: Option<(char, bool)> = None;
+    // The last character of code (not of a comment, not blank).
+    let mut last = None;
     while let Some(c) = chars.next() {
         match quote {
             Some((q, triple)) => match c {
@@ -201,26 +203,25 @@ fn incomplete(source: &str) -> bool {
                             break;
                         }
                     }
+                    continue;
                 }
                 '\'' | '"' => {
                     let triple = chars.next_if_eq(&c).is_some();
-                    if triple && chars.next_if_eq(&c).is_none() {
-                        // `''`: an empty string.
-                        continue;
+                    if !(triple && chars.next_if_eq(&c).is_none()) {
+                        // Not `''` (an empty string).
+                        quote = Some((c, triple));
                     }
-                    quote = Some((c, triple));
                 }
                 '(' | '[' | '{' => depth += 1,
                 ')' | ']' | '}' => depth -= 1,
                 _ => {}
             },
         }
+        if !c.is_whitespace() {
+            last = Some(c);
+        }
     }
-    let last = source.trim_end();
-    quote.is_some_and(|(_, triple)| triple)
-        || depth > 0
-        || last.ends_with(':')
-        || last.ends_with('\\')
+    quote.is_some_and(|(_, triple)| triple) || depth > 0 || matches!(last, Some(':' | '\\'))
 }
 
 /// `eryx repl`: an interactive session with line editing and history.

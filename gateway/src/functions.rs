@@ -18,13 +18,70 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::Limits;
-use crate::error::{ApiError, ErrorCode};
 use crate::limits::{KeyedLocks, Slots};
 use crate::sessions::{CallOutput, StatefulCall, run_with_state};
 
 /// Bumped whenever the per-function snapshot changes in a way its inputs do
 /// not show.
 const FUNCTION_RECIPE: &str = "eryx-function-v1";
+
+/// Why a functions operation failed. Only the HTTP layer picks status codes.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FunctionError {
+    /// The deployment is malformed (a bad handler name, timeout, memory
+    /// limit or environment variable).
+    #[error("{0}")]
+    Invalid(String),
+    /// The module failed to import at deploy: a Python exception, syntax
+    /// error, exit or trap, with its details (the deployer's to fix).
+    #[error("the module failed to import: {0}")]
+    ImportFailed(eryx::Error),
+    /// The module's top-level code ran past the import timeout.
+    #[error("the module's top-level code ran longer than the import timeout of {} ms", .0.as_millis())]
+    ImportTimeout(Duration),
+    /// Every deploy slot is busy and the queue is full or waited too long.
+    #[error("every deploy slot is busy and the deploy queue is full or waited too long")]
+    Busy,
+    /// The function was deployed elsewhere while this deploy ran; this one
+    /// published nothing.
+    #[error(
+        "function {0} was deployed elsewhere while this deploy ran; nothing was published by this one (retry to deploy over it)"
+    )]
+    Conflict(String),
+    /// A stored record or source does not verify (malformed, or not what
+    /// its signed record names).
+    #[error("{0}")]
+    Integrity(String),
+    /// The store failed (unreachable, or a document not signed by this
+    /// gateway's key).
+    #[error(transparent)]
+    Store(#[from] eryx_store::Error),
+    /// The artifact pipeline failed (fetching or verifying an artifact).
+    #[error(transparent)]
+    Pipeline(#[from] eryx_preinit::Error),
+    /// Making an instance or loading a snapshot failed in the runtime.
+    #[error(transparent)]
+    Run(eryx::Error),
+    /// A failure of the gateway itself (a task that panicked, a missing
+    /// source).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl FunctionError {
+    /// Whether a stored document failed its check: such a record is not
+    /// listed, and may still be deleted or deployed over.
+    pub(crate) fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            FunctionError::Integrity(_)
+                | FunctionError::Store(eryx_store::Error::BadSignature { .. })
+                | FunctionError::Pipeline(eryx_preinit::Error::Store(
+                    eryx_store::Error::BadSignature { .. }
+                ))
+        )
+    }
+}
 
 /// A deployed function, as stored in `functions/<name>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,14 +398,14 @@ impl Functions {
     /// Loads every function recorded in the store (at start-up). A function
     /// that fails to load is logged and skipped; it is loaded again on its
     /// next invocation.
-    pub(crate) async fn load_all(self: &Arc<Self>) -> Result<usize, ApiError> {
+    pub(crate) async fn load_all(self: &Arc<Self>) -> Result<usize, FunctionError> {
         let mut loaded = 0;
         for name in self.record_names().await? {
             let name = name.as_str();
             match self.load(name).await {
                 Ok(Some(_)) => loaded += 1,
                 Ok(None) => {}
-                Err(error) => tracing::warn!(function = name, "not loaded: {}", error.message),
+                Err(error) => tracing::warn!(function = name, "not loaded: {error}"),
             }
         }
         Ok(loaded)
@@ -359,7 +416,7 @@ impl Functions {
     pub(crate) async fn get(
         self: &Arc<Self>,
         name: &str,
-    ) -> Result<Option<Arc<Deployed>>, ApiError> {
+    ) -> Result<Option<Arc<Deployed>>, FunctionError> {
         if let Some(found) = self.deployed.read().expect("lock").get(name) {
             return Ok(Some(found.clone()));
         }
@@ -401,7 +458,7 @@ impl Functions {
                 Ok(Some(stored)) if stored == record => {}
                 Ok(Some(_)) => {
                     if let Err(error) = self.load(&name).await {
-                        tracing::warn!(function = name, "reloading failed: {}", error.message);
+                        tracing::warn!(function = name, "reloading failed: {error}");
                     } else {
                         tracing::info!(function = name, "reloaded: redeployed elsewhere");
                     }
@@ -414,7 +471,7 @@ impl Functions {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(function = name, "refresh skipped: {}", error.message);
+                    tracing::warn!(function = name, "refresh skipped: {error}");
                 }
             }
         }
@@ -423,7 +480,7 @@ impl Functions {
     /// Reads `name`'s record from the store and makes it servable; a
     /// snapshot that is missing or was compiled by another engine is rebuilt
     /// from the stored source (served interim meanwhile).
-    async fn load(self: &Arc<Self>, name: &str) -> Result<Option<Arc<Deployed>>, ApiError> {
+    async fn load(self: &Arc<Self>, name: &str) -> Result<Option<Arc<Deployed>>, FunctionError> {
         let Some(record) = self.read_record(name).await? else {
             return Ok(None);
         };
@@ -439,14 +496,13 @@ impl Functions {
                     .get(&format!("sources/{}.py", record.source_sha256))
                     .await?
                     .ok_or_else(|| {
-                        ApiError::internal(format!("the source of function {name} is missing"))
+                        FunctionError::Internal(format!("the source of function {name} is missing"))
                     })?;
                 // The record is signed; the source is checked against it.
                 if eryx_preinit::sha256_hex(&source) != record.source_sha256 {
-                    return Err(ApiError::new(
-                        ErrorCode::Integrity,
-                        format!("the stored source of function {name} does not match its record"),
-                    ));
+                    return Err(FunctionError::Integrity(format!(
+                        "the stored source of function {name} does not match its record"
+                    )));
                 }
                 let source = String::from_utf8_lossy(&source).into_owned();
                 let pending = self.prepare(record, &source).await?;
@@ -464,7 +520,7 @@ impl Functions {
 
     /// `name`'s record: signed by a holder of the gateway's key, and
     /// naming only well-formed keys (they become store paths and file names).
-    async fn read_record(&self, name: &str) -> Result<Option<FunctionRecord>, ApiError> {
+    async fn read_record(&self, name: &str) -> Result<Option<FunctionRecord>, FunctionError> {
         Ok(self
             .read_record_tagged(name)
             .await?
@@ -476,7 +532,7 @@ impl Functions {
     async fn read_record_tagged(
         &self,
         name: &str,
-    ) -> Result<Option<(FunctionRecord, ETag)>, ApiError> {
+    ) -> Result<Option<(FunctionRecord, ETag)>, FunctionError> {
         let Some((record, tag)): Option<(FunctionRecord, ETag)> = self
             .store
             .objects()
@@ -489,10 +545,9 @@ impl Functions {
             || !eryx_preinit::is_artifact_key(&record.artifact)
             || !eryx_preinit::is_artifact_key(&record.source_sha256)
         {
-            return Err(ApiError::new(
-                ErrorCode::Integrity,
-                format!("the stored record of function {name} is malformed"),
-            ));
+            return Err(FunctionError::Integrity(format!(
+                "the stored record of function {name} is malformed"
+            )));
         }
         Ok(Some((record, tag)))
     }
@@ -503,7 +558,7 @@ impl Functions {
     }
 
     /// Names of the functions recorded in the store (`functions/<name>.json`).
-    async fn record_names(&self) -> Result<Vec<String>, ApiError> {
+    async fn record_names(&self) -> Result<Vec<String>, FunctionError> {
         Ok(self
             .store
             .objects()
@@ -516,15 +571,15 @@ impl Functions {
     }
 
     /// Every function's record in the store, by name.
-    pub(crate) async fn list(&self) -> Result<Vec<FunctionRecord>, ApiError> {
+    pub(crate) async fn list(&self) -> Result<Vec<FunctionRecord>, FunctionError> {
         let mut records = Vec::new();
         for name in self.record_names().await? {
             match self.read_record(&name).await {
                 Ok(Some(record)) => records.push(record),
                 Ok(None) => {}
                 // One bad record (tampered, malformed) must not hide the rest.
-                Err(error) if error.code == ErrorCode::Integrity => {
-                    tracing::error!(function = name, "not listed: {}", error.message);
+                Err(error) if error.is_integrity() => {
+                    tracing::error!(function = name, "not listed: {error}");
                 }
                 Err(error) => return Err(error),
             }
@@ -535,13 +590,13 @@ impl Functions {
 
     /// Removes `name` (its record; snapshots are content-addressed and kept).
     /// Returns whether it existed.
-    pub(crate) async fn delete(&self, name: &str) -> Result<bool, ApiError> {
+    pub(crate) async fn delete(&self, name: &str) -> Result<bool, FunctionError> {
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
         // A record that fails its check (tampered) can still be deleted.
         let existed = match self.read_record(name).await {
             Ok(found) => found.is_some(),
-            Err(error) if error.code == ErrorCode::Integrity => true,
+            Err(error) if error.is_integrity() => true,
             Err(error) => return Err(error),
         };
         self.store.objects().delete(&record_path(name)).await?;
@@ -559,43 +614,37 @@ impl Functions {
         name: &str,
         request: DeployRequest,
         wait: bool,
-    ) -> Result<DeployResponse, ApiError> {
+    ) -> Result<DeployResponse, FunctionError> {
         let total = Instant::now();
         let handler = request.handler.unwrap_or_else(|| "handler".to_owned());
         if !valid_identifier(&handler) {
-            return Err(ApiError::bad_request(format!(
+            return Err(FunctionError::Invalid(format!(
                 "handler {handler:?} is not a Python identifier"
             )));
         }
         let timeout_ms = request.timeout_ms.unwrap_or(self.limits.default_timeout_ms);
         if !(1..=self.limits.max_timeout_ms).contains(&timeout_ms) {
-            return Err(ApiError::bad_request(format!(
+            return Err(FunctionError::Invalid(format!(
                 "timeout_ms must be between 1 and {}",
                 self.limits.max_timeout_ms
             )));
         }
         let memory_mb = request.memory_mb.unwrap_or(self.limits.default_memory_mb);
         if !(32..=self.limits.max_memory_mb).contains(&memory_mb) {
-            return Err(ApiError::bad_request(format!(
+            return Err(FunctionError::Invalid(format!(
                 "memory_mb must be between 32 and {}",
                 self.limits.max_memory_mb
             )));
         }
         // The runtime's own rule, checked before any work is done.
         for (key, value) in &request.env {
-            eryx::check_env(key, value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            eryx::check_env(key, value).map_err(|e| FunctionError::Invalid(e.to_string()))?;
         }
         let _slot = self
             .deploys
             .acquire(self.limits.deploy_import_timeout)
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::Overloaded,
-                    "every deploy slot is busy and the deploy queue is full or waited too long",
-                )
-                .retry_after(5)
-            })?;
+            .map_err(|_| FunctionError::Busy)?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
         let source_sha256 = eryx_preinit::sha256_hex(request.source.as_bytes());
@@ -605,12 +654,8 @@ impl Functions {
         // where none is): of two replicas deploying at once, one publishes
         // the next version and the other gets a conflict.
         let (previous, condition) = match self.read_record_tagged(name).await {
-            Err(error) if error.code == ErrorCode::Integrity => {
-                tracing::error!(
-                    function = name,
-                    "replacing an unverifiable record: {}",
-                    error.message
-                );
+            Err(error) if error.is_integrity() => {
+                tracing::error!(function = name, "replacing an unverifiable record: {error}");
                 (None, None)
             }
             Ok(Some((record, tag))) => (Some(record), Some(Condition::Matches(tag))),
@@ -682,13 +727,7 @@ impl Functions {
             None => objects.put_signed(&record_path(name), &record).await,
         };
         written.map_err(|error| match error {
-            eryx_store::Error::Conflict { .. } => ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "function {name} was deployed elsewhere while this deploy ran; \
-                     nothing was published by this one (retry to deploy over it)"
-                ),
-            ),
+            eryx_store::Error::Conflict { .. } => FunctionError::Conflict(name.to_owned()),
             error => error.into(),
         })?;
         self.deployed
@@ -703,7 +742,7 @@ impl Functions {
             if wait {
                 let compile_ms = task
                     .await
-                    .map_err(|e| ApiError::internal(format!("compile task: {e}")))??;
+                    .map_err(|e| FunctionError::Internal(format!("compile task: {e}")))??;
                 timings_ms.insert("compile_ms".into(), compile_ms);
                 compiled = true;
             }
@@ -759,7 +798,7 @@ impl Functions {
         &self,
         runtime: &eryx::Runtime,
         record: &FunctionRecord,
-    ) -> Result<eryx::Sandbox, ApiError> {
+    ) -> Result<eryx::Sandbox, FunctionError> {
         let mut sandbox = eryx::Sandbox::builder(runtime)
             .with_timeout(Duration::from_millis(record.timeout_ms))
             .with_result_limit_bytes(self.limits.max_response_bytes)
@@ -769,12 +808,16 @@ impl Functions {
         }
         sandbox
             .build()
-            .map_err(|e| ApiError::bad_request(e.to_string()))
+            .map_err(|e| FunctionError::Invalid(e.to_string()))
     }
 
     /// Imports the module and snapshots it (the deploy-time check that it
     /// imports and defines its handler); returns the interim deployment.
-    async fn prepare(&self, record: FunctionRecord, source: &str) -> Result<Pending, ApiError> {
+    async fn prepare(
+        &self,
+        record: FunctionRecord,
+        source: &str,
+    ) -> Result<Pending, FunctionError> {
         let module_name = module_name(&record.name);
         let snapshot = self
             .builder
@@ -787,28 +830,13 @@ impl Functions {
             })
             .await
             .map_err(|error| match error {
-                eryx::Error::Timeout { limit } => ApiError::new(
-                    ErrorCode::DeployFailed,
-                    format!(
-                        "the module's top-level code ran longer than the import timeout of {} ms",
-                        limit.as_millis()
-                    ),
-                ),
-                error => {
-                    let mut api = ApiError::from_eryx(error);
-                    // The module's own failures are the deployer's to fix.
-                    if matches!(
-                        api.code,
-                        ErrorCode::PythonException
-                            | ErrorCode::PythonSyntaxError
-                            | ErrorCode::PythonExit
-                            | ErrorCode::Trap
-                    ) {
-                        api.code = ErrorCode::DeployFailed;
-                        api.message = format!("the module failed to import: {}", api.message);
-                    }
-                    api
-                }
+                eryx::Error::Timeout { limit } => FunctionError::ImportTimeout(limit),
+                // The module's own failures are the deployer's to fix.
+                error @ (eryx::Error::Exception(_)
+                | eryx::Error::Compile(_)
+                | eryx::Error::Exit { .. }
+                | eryx::Error::Trap(_)) => FunctionError::ImportFailed(error),
+                error => FunctionError::Run(error),
             })?;
         let deployed = Deployed {
             serving: Serving::Interim {
@@ -832,7 +860,7 @@ impl Functions {
     fn spawn_compile(
         self: &Arc<Self>,
         pending: Pending,
-    ) -> tokio::task::JoinHandle<Result<u64, ApiError>> {
+    ) -> tokio::task::JoinHandle<Result<u64, FunctionError>> {
         let this = self.clone();
         tokio::spawn(async move {
             let name = pending.deployed.record.name.clone();
@@ -840,15 +868,14 @@ impl Functions {
             if let Err(error) = &outcome {
                 tracing::error!(
                     function = name,
-                    "compiling the snapshot failed (still served interim): {}",
-                    error.message
+                    "compiling the snapshot failed (still served interim): {error}"
                 );
             }
             outcome
         })
     }
 
-    async fn compile(&self, pending: Pending) -> Result<u64, ApiError> {
+    async fn compile(&self, pending: Pending) -> Result<u64, FunctionError> {
         let _guard = self.compile_lock.lock().await;
         let record = &pending.deployed.record;
         let start = Instant::now();
@@ -856,7 +883,9 @@ impl Functions {
             .builder
             .compile(pending.snapshot.wasm)
             .await
-            .map_err(|e| ApiError::internal(format!("compiling function {}: {e}", record.name)))?;
+            .map_err(|e| {
+                FunctionError::Internal(format!("compiling function {}: {e}", record.name))
+            })?;
         let compile_ms = start.elapsed().as_millis() as u64;
         let manifest = Manifest::new(
             &record.artifact,
@@ -902,7 +931,7 @@ impl Functions {
         record: FunctionRecord,
         manifest: &Manifest,
         slots: Arc<Slots>,
-    ) -> Result<Deployed, ApiError> {
+    ) -> Result<Deployed, FunctionError> {
         let path = self.store.fetch(manifest).await?;
         let builder = eryx::Runtime::builder()
             .with_engine(&self.engine)
@@ -911,8 +940,10 @@ impl Functions {
         // Reading, hashing and deserializing tens of MB: off the async workers.
         let runtime = tokio::task::spawn_blocking(move || builder.build())
             .await
-            .map_err(|e| ApiError::internal(format!("load task: {e}")))?
-            .map_err(|e| ApiError::internal(format!("loading function {}: {e}", record.name)))?;
+            .map_err(|e| FunctionError::Internal(format!("load task: {e}")))?
+            .map_err(|e| {
+                FunctionError::Internal(format!("loading function {}: {e}", record.name))
+            })?;
         Ok(Deployed {
             serving: Serving::Snapshot(self.sandbox(&runtime, &record)?),
             record,

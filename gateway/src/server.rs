@@ -293,7 +293,7 @@ async fn startup(state: &AppState) -> Result<(Arc<Functions>, Arc<Sessions>), St
         state.slots.clone(),
     )
     .map_err(|e| e.to_string())?;
-    let loaded = functions.load_all().await.map_err(|e| e.message)?;
+    let loaded = functions.load_all().await.map_err(|e| e.to_string())?;
     tracing::info!(functions = loaded, "loaded deployed functions");
     Ok((functions, Arc::new(sessions)))
 }

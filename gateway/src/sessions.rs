@@ -29,8 +29,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::Limits;
-use crate::error::ApiError;
-use crate::functions::{Deployed, Functions};
+use crate::functions::{Deployed, FunctionError, Functions};
 use crate::limits::{KeyedLocks, Rejected, Slots};
 
 /// Current [`SessionHead::format`].
@@ -266,10 +265,9 @@ pub(crate) enum SessionError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] eryx_store::Error),
-    /// Looking up the session's function failed (the functions registry's
-    /// errors are already HTTP-shaped).
-    #[error("{}", .0.message)]
-    Function(ApiError),
+    /// Looking up the session's function failed.
+    #[error(transparent)]
+    Function(#[from] FunctionError),
 }
 
 /// What an execute did: the Python outcome (a Python exception is an

@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody, ErrorCode, excerpt};
-use crate::functions::{DeployRequest, DeployResponse, FunctionInfo, valid_name};
+use crate::functions::{DeployRequest, DeployResponse, FunctionError, FunctionInfo, valid_name};
 use crate::limits::Rejected;
 use crate::server::AppState;
 
@@ -233,6 +233,34 @@ async fn route(
         (route, _) => Err(method_not_allowed(route.allowed())),
     };
     (route.template(), reply)
+}
+
+impl From<FunctionError> for ApiError {
+    fn from(error: FunctionError) -> ApiError {
+        match error {
+            FunctionError::Invalid(message) => ApiError::bad_request(message),
+            FunctionError::ImportFailed(error) => {
+                let mut api = ApiError::from_eryx(error);
+                api.code = ErrorCode::DeployFailed;
+                api.message = format!("the module failed to import: {}", api.message);
+                api
+            }
+            error @ FunctionError::ImportTimeout(_) => {
+                ApiError::new(ErrorCode::DeployFailed, error.to_string())
+            }
+            error @ FunctionError::Busy => {
+                ApiError::new(ErrorCode::Overloaded, error.to_string()).retry_after(5)
+            }
+            error @ FunctionError::Conflict(_) => {
+                ApiError::new(ErrorCode::Conflict, error.to_string())
+            }
+            FunctionError::Integrity(message) => ApiError::new(ErrorCode::Integrity, message),
+            FunctionError::Store(error) => error.into(),
+            FunctionError::Pipeline(error) => error.into(),
+            FunctionError::Run(error) => ApiError::from_eryx(error),
+            FunctionError::Internal(message) => ApiError::internal(message),
+        }
+    }
 }
 
 fn method_not_allowed(allowed: &'static str) -> ApiError {
@@ -599,7 +627,8 @@ async fn deploy_function(state: &Arc<AppState>, request: Request<Incoming>, name
         })
     })
     .await
-    .map_err(|e| ApiError::internal(format!("deploy task: {e}")))?;
+    .map_err(|e| ApiError::internal(format!("deploy task: {e}")))?
+    .map_err(ApiError::from);
     state
         .metrics
         .deploy_seconds

@@ -182,7 +182,7 @@ pub(super) fn api_error(error: SessionError) -> ApiError {
             ApiError::new(ErrorCode::Integrity, message)
         }
         SessionError::Store(error) => error.into(),
-        SessionError::Function(api) => api,
+        SessionError::Function(error) => error.into(),
     }
 }
 

@@ -43,7 +43,7 @@ pub fn setup() -> Setup {
     let component = eryx_preinit::ensure_component(&data_dir, &LogProgress).unwrap();
     Setup {
         cwasm: (
-            store.cache_path(&report.manifest.key),
+            store.cache_path(&report.manifest),
             report.manifest.blake3.clone(),
         ),
         engine,

@@ -85,7 +85,7 @@ async fn seeded_artifact_loads_from_the_store() {
     let (runtime, report) = ensure(&store).await;
     assert_eq!(report.origin, Origin::Fetched);
     assert_eq!(report.manifest.key, key);
-    assert!(store.cache_path(&key).exists());
+    assert!(store.cache_path(&report.manifest).exists());
     assert_eq!(hello(&runtime).await, "hi\n");
     let (_, report) = ensure(&store).await;
     assert_eq!(report.origin, Origin::Cached);
@@ -115,7 +115,7 @@ async fn corrupted_artifact_is_detected_and_rebuilt() {
     assert_ne!(std::fs::read(&path).unwrap(), bytes);
 
     // Corrupting the local cached copy is caught when loading, before use.
-    let cached = store.cache_path(&key);
+    let cached = store.cache_path(&report.manifest);
     let mut bytes = std::fs::read(&cached).unwrap();
     bytes.truncate(bytes.len() - 1);
     std::fs::write(&cached, &bytes).unwrap();

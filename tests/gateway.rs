@@ -660,7 +660,12 @@ async fn replicas_share_functions_through_s3_and_survive_its_outage() {
         .send()
         .await
         .unwrap();
-    assert_eq!(redeployed.status().as_u16(), 201);
+    assert_eq!(
+        redeployed.status().as_u16(),
+        201,
+        "{}",
+        redeployed.text().await.unwrap()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let response = client

@@ -136,7 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "rejected": report.rejected,
                     "load_ms": report.load_time.as_secs_f64() * 1e3,
                     "store": store.location(),
-                    "path": store.cache_path(&report.manifest.key),
+                    "path": store.cache_path(&report.manifest),
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {

@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{self, sessions};
+use crate::api::{self, functions, sessions};
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::functions::{DeployRequest, DeployResponse, FunctionInfo};
 use crate::sessions::{CreateSession, SessionInfo};
@@ -20,11 +20,11 @@ use crate::sessions::{CreateSession, SessionInfo};
         api::readyz,
         api::metrics,
         api::openapi,
-        api::list_functions,
-        api::get_function,
-        api::deploy_function,
-        api::delete_function,
-        api::invoke_function,
+        functions::list_functions,
+        functions::get_function,
+        functions::deploy_function,
+        functions::delete_function,
+        functions::invoke_function,
         sessions::create_session,
         sessions::list_sessions,
         sessions::get_session,
@@ -40,9 +40,9 @@ use crate::sessions::{CreateSession, SessionInfo};
         DeployRequest,
         DeployResponse,
         FunctionInfo,
-        api::FunctionList,
+        functions::FunctionList,
         api::Health,
-        api::InvokeWithOutput,
+        functions::InvokeWithOutput,
         CreateSession,
         SessionInfo,
         sessions::SessionCreated,

@@ -148,7 +148,7 @@ pub async fn ensure_runtime(
         };
         let (manifest, origin) = match found {
             Some(manifest) => {
-                let origin = if store.cache_path(&key).exists() {
+                let origin = if store.cache_path(&manifest).exists() {
                     Origin::Cached
                 } else {
                     Origin::Fetched

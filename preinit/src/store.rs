@@ -148,14 +148,21 @@ impl ArtifactStore {
         format!("artifacts/{key}.{extension}")
     }
 
-    /// The local cache path of artifact `key`'s pre-initialized `.wasm`.
-    fn snapshot_cache_path(&self, key: &str) -> PathBuf {
-        self.cache_dir.join(format!("{key}.wasm"))
+    /// The local cache path of a pre-initialized `.wasm` of artifact `key`
+    /// with BLAKE3 `blake3`.
+    fn snapshot_cache_path(&self, key: &str, blake3: &str) -> PathBuf {
+        self.cache_dir.join(format!("{key}.{blake3}.wasm"))
     }
 
-    /// The local cache path of artifact `key`'s `.cwasm`.
-    pub fn cache_path(&self, key: &str) -> PathBuf {
-        self.cache_dir.join(format!("{key}.cwasm"))
+    /// The local cache path of the `.cwasm` that `manifest` describes. It
+    /// is named by the artifact's key *and* its content hash: two builds of
+    /// one key differ in their bytes (each pre-initialization draws its own
+    /// hash secret), so processes on one data directory with different
+    /// stores (tests, a staging and a production store) must not share a
+    /// file.
+    pub fn cache_path(&self, manifest: &Manifest) -> PathBuf {
+        self.cache_dir
+            .join(format!("{}.{}.cwasm", manifest.key, manifest.blake3))
     }
 
     /// The manifest of artifact `key`, or `None` when it is not published.
@@ -206,7 +213,7 @@ impl ArtifactStore {
             &manifest.key,
             "cwasm",
             &manifest.blake3,
-            self.cache_path(&manifest.key),
+            self.cache_path(manifest),
         )
         .await
     }
@@ -261,7 +268,7 @@ impl ArtifactStore {
             &manifest.key,
             "wasm",
             expected,
-            self.snapshot_cache_path(&manifest.key),
+            self.snapshot_cache_path(&manifest.key, expected),
         )
         .await
     }
@@ -273,7 +280,10 @@ impl ArtifactStore {
     /// [`Error::Store`] when the upload fails.
     pub async fn publish_snapshot(&self, key: &str, wasm: Vec<u8>) -> Result<()> {
         check_key(key)?;
-        atomic_write(&self.snapshot_cache_path(key), &wasm)?;
+        atomic_write(
+            &self.snapshot_cache_path(key, &eryx::content_hash(&wasm)),
+            &wasm,
+        )?;
         self.objects.put(&Self::object(key, "wasm"), wasm).await?;
         Ok(())
     }
@@ -286,7 +296,7 @@ impl ArtifactStore {
     /// [`Error::Store`] when an upload fails.
     pub async fn publish(&self, manifest: &Manifest, cwasm: Vec<u8>) -> Result<()> {
         check_key(&manifest.key)?;
-        atomic_write(&self.cache_path(&manifest.key), &cwasm)?;
+        atomic_write(&self.cache_path(manifest), &cwasm)?;
         self.objects
             .put(&Self::object(&manifest.key, "cwasm"), cwasm)
             .await?;
@@ -306,10 +316,20 @@ impl ArtifactStore {
         for extension in ["json", "cwasm", "wasm"] {
             self.objects.delete(&Self::object(key, extension)).await?;
         }
-        for path in [self.cache_path(key), self.snapshot_cache_path(key)] {
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
+        // Every cached build of the key (see `cache_path`).
+        let prefix = format!("{key}.");
+        let entries = match std::fs::read_dir(&self.cache_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                match std::fs::remove_file(entry.path()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
             }
         }
         Ok(())

@@ -287,6 +287,27 @@ async fn concurrent_executes_through_two_gateways_give_exactly_one_conflict_and_
         .unwrap()
         .count();
     assert!(states <= 2, "{states} state objects kept");
+
+    // A's consecutive executes read the state it wrote itself from its
+    // cache; the lost race is counted on one of the two.
+    let metrics = |url: String| async move {
+        reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let (a_metrics, b_metrics) = (metrics(a_url.clone()).await, metrics(b_url.clone()).await);
+    assert!(
+        a_metrics.contains("eryx_session_state_cache_total{result=\"hit\"}"),
+        "{a_metrics}"
+    );
+    assert!(
+        format!("{a_metrics}{b_metrics}")
+            .contains("eryx_session_writes_total{outcome=\"conflict\"} 1"),
+        "{a_metrics}{b_metrics}"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

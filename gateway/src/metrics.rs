@@ -32,6 +32,12 @@ pub(crate) struct Metrics {
     pub(crate) deploys: IntCounterVec,
     /// `eryx_deploy_duration_seconds`.
     pub(crate) deploy_seconds: Histogram,
+    /// `eryx_session_writes_total{outcome}`: `saved`, `conflict`,
+    /// `state_too_large`, `failed` (the store refused or was unreachable).
+    pub(crate) session_writes: IntCounterVec,
+    /// `eryx_session_state_cache_total{result}`: `hit` (the state's
+    /// download skipped) or `miss`.
+    pub(crate) session_cache: IntCounterVec,
 }
 
 impl Metrics {
@@ -84,6 +90,22 @@ impl Metrics {
                 .buckets(BUCKETS.to_vec()),
         )
         .expect("metric");
+        let session_writes = IntCounterVec::new(
+            Opts::new(
+                "eryx_session_writes_total",
+                "Session state writes by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let session_cache = IntCounterVec::new(
+            Opts::new(
+                "eryx_session_state_cache_total",
+                "Session state reads by whether this replica's cache had the state.",
+            ),
+            &["result"],
+        )
+        .expect("metric");
         for collector in [
             Box::new(invocations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(invocation_seconds.clone()),
@@ -93,6 +115,8 @@ impl Metrics {
             Box::new(http_requests.clone()),
             Box::new(deploys.clone()),
             Box::new(deploy_seconds.clone()),
+            Box::new(session_writes.clone()),
+            Box::new(session_cache.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -106,6 +130,8 @@ impl Metrics {
             http_requests,
             deploys,
             deploy_seconds,
+            session_writes,
+            session_cache,
         }
     }
 

@@ -291,6 +291,7 @@ async fn startup(state: &AppState) -> Result<(Arc<Functions>, Arc<Sessions>), St
         functions.clone(),
         config.limits.clone(),
         state.slots.clone(),
+        &state.metrics,
     )
     .map_err(|e| e.to_string())?;
     let loaded = functions.load_all().await.map_err(|e| e.to_string())?;

@@ -356,6 +356,10 @@ pub(crate) struct Sessions {
     slots: Arc<Slots>,
     locks: KeyedLocks,
     cache: StateCache,
+    /// `eryx_session_writes_total{outcome}`.
+    writes: prometheus::IntCounterVec,
+    /// `eryx_session_state_cache_total{result}`.
+    cache_reads: prometheus::IntCounterVec,
 }
 
 fn head_path(id: &str) -> String {
@@ -378,7 +382,7 @@ fn random_hex() -> Result<String, SessionError> {
 impl Sessions {
     /// Sessions kept in `store`, running base sessions on `base_runtime`
     /// and function sessions on `functions`' snapshots, taking the
-    /// gateway-wide `slots`.
+    /// gateway-wide `slots`, counting writes and cache reads in `metrics`.
     ///
     /// # Errors
     /// When the base sandbox cannot be configured.
@@ -389,6 +393,7 @@ impl Sessions {
         functions: Arc<Functions>,
         limits: Limits,
         slots: Arc<Slots>,
+        metrics: &crate::metrics::Metrics,
     ) -> eryx::Result<Sessions> {
         let base = eryx::Sandbox::builder(base_runtime)
             .with_timeout(Duration::from_millis(limits.default_timeout_ms))
@@ -405,6 +410,8 @@ impl Sessions {
             limits,
             slots,
             locks: KeyedLocks::default(),
+            writes: metrics.session_writes.clone(),
+            cache_reads: metrics.session_cache.clone(),
         })
     }
 
@@ -741,8 +748,10 @@ impl Sessions {
             return Ok(None);
         };
         if let Some(data) = self.cache.get(&object.path) {
+            self.cache_reads.with_label_values(&["hit"]).inc();
             return Ok(Some(data));
         }
+        self.cache_reads.with_label_values(&["miss"]).inc();
         let Some(stored) = self.store.get(&object.path).await? else {
             // Deleted by a write two versions on: this head is stale.
             let current = self
@@ -782,10 +791,28 @@ impl Sessions {
         Ok(Some(data))
     }
 
+    /// [`write`](Self::write), counted by outcome.
+    async fn commit(
+        &self,
+        head: &SessionHead,
+        tag: ETag,
+        snapshot: eryx::StateSnapshot,
+    ) -> Result<SessionHead, SessionError> {
+        let written = self.write(head, tag, snapshot).await;
+        let outcome = match &written {
+            Ok(_) => "saved",
+            Err(SessionError::Conflict { .. }) => "conflict",
+            Err(SessionError::StateTooLarge { .. }) => "state_too_large",
+            Err(_) => "failed",
+        };
+        self.writes.with_label_values(&[outcome]).inc();
+        written
+    }
+
     /// Writes `snapshot` as the version after `head`: the state object
     /// first, then the head, conditionally on `tag` (the head read). Losing
     /// that race removes the object and is a [`SessionError::Conflict`].
-    async fn commit(
+    async fn write(
         &self,
         head: &SessionHead,
         tag: ETag,

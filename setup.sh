@@ -2,7 +2,8 @@
 # Installs what eryx needs beyond stable Rust and Python 3 with pip:
 # - the wasm32-wasip1 target and rust-src (the guest rebuilds std position-independent);
 # - rustfmt and clippy (CI's gates) and cargo-nextest (the test runner) when absent;
-# - moto's S3-compatible server, which the tests start to exercise the S3 artifact store.
+# - moto's S3-compatible server, which the tests start to exercise the S3 store: artifacts, and
+#   sessions' conditional puts (moto enforces If-Match / If-None-Match; tests/store.rs checks).
 # CPython for WASI itself is fetched from PyPI by eryx on first use (pinned wheel, sha256-checked).
 set -euo pipefail
 rustup target add wasm32-wasip1

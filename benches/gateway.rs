@@ -73,15 +73,8 @@ async fn compile_with_and_without_cache() {
 }
 
 fn main() {
-    let seconds: f64 = std::env::var("ERYX_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let seconds = load::step_seconds(5.0);
+    let tokio = load::runtime();
     tokio.block_on(async {
         compile_with_and_without_cache().await;
         let mut limits = eryx_gateway::Limits::default();

@@ -84,3 +84,20 @@ pub async fn load(
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+/// Seconds per load step: `ERYX_BENCH_SECONDS`, else `default`.
+pub fn step_seconds(default: f64) -> f64 {
+    std::env::var("ERYX_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The runtime a load test runs on: two workers, as the machine's cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -69,15 +69,8 @@ fn limits(cache: bool) -> Limits {
 }
 
 fn main() {
-    let seconds: f64 = std::env::var("ERYX_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let seconds = load::step_seconds(3.0);
+    let tokio = load::runtime();
     tokio.block_on(async {
         let s3 = S3Server::start();
         s3.create_bucket("eryx-bench");

@@ -795,24 +795,14 @@ async fn two_replicas_deploying_at_once_cannot_both_publish_a_version() {
     let loser = if one == 409 { &one_body } else { &two_body };
     assert_eq!(loser["error"]["code"], "conflict", "{loser}");
     let winner = if one == 201 { "a" } else { "b" };
+    let json = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.unwrap();
+        response.json::<serde_json::Value>().await.unwrap()
+    };
     for url in [&a_url, &b_url] {
-        let answer: serde_json::Value = client
-            .post(format!("{url}/v1/functions/raced/invoke"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = json(client.post(format!("{url}/v1/functions/raced/invoke"))).await;
         assert_eq!(answer, winner);
-        let info: serde_json::Value = client
-            .get(format!("{url}/v1/functions/raced"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let info = json(client.get(format!("{url}/v1/functions/raced"))).await;
         assert_eq!(info["version"], 1, "{info}");
     }
     a.shutdown().await;

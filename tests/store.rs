@@ -36,15 +36,15 @@ async fn s3_refuses_a_create_over_an_object_and_a_put_on_a_stale_etag() {
     assert_eq!(&store.get("head").await.unwrap().unwrap()[..], b"2");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_conditional_puts_racing_on_one_etag_let_exactly_one_win() {
-    let server = S3Server::start();
-    let store = store(&server, "eryx-race");
+/// Eight writers race to replace `head` from the same tag: exactly one wins.
+async fn race(store: &Store) {
     let tag = store.put("head", "0").await.unwrap();
     let racers = (0..8).map(|i| {
         let store = store.clone();
         let tag = tag.clone();
         tokio::spawn(async move {
+            // Distinct bytes: S3's ETag is the content's MD5, so rewriting
+            // the same bytes would leave the tag as it was.
             store
                 .put_if("head", format!("racer {i}"), Condition::Matches(tag))
                 .await
@@ -56,4 +56,22 @@ async fn s3_conditional_puts_racing_on_one_etag_let_exactly_one_win() {
         .filter(|o| o.as_ref().unwrap().is_ok())
         .count();
     assert_eq!(won, 1, "{outcomes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_conditional_puts_racing_on_one_etag_let_exactly_one_win() {
+    let server = S3Server::start();
+    race(&store(&server, "eryx-race")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_conditional_puts_racing_on_one_etag_let_exactly_one_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Store::open(
+        dir.path().to_str().unwrap(),
+        &eryx_tests::signing_key(),
+        std::iter::empty::<(&str, String)>(),
+    )
+    .unwrap();
+    race(&local).await;
 }

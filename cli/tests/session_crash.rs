@@ -157,3 +157,56 @@ async fn a_gateway_killed_while_20_clients_write_keeps_every_acknowledged_versio
     let _ = gateway.kill();
     let _ = gateway.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_processes_on_one_local_store_let_exactly_one_concurrent_write_win() {
+    let store = tempfile::tempdir().unwrap();
+    eryx_tests::seed_store(store.path());
+    let (a_port, b_port) = (free_port(), free_port());
+    let mut a = serve(store.path(), a_port).await;
+    let mut b = serve(store.path(), b_port).await;
+    let (a_url, b_url) = (
+        format!("http://127.0.0.1:{a_port}"),
+        format!("http://127.0.0.1:{b_port}"),
+    );
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{a_url}/v1/sessions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    // The local store's conditional put holds across processes (an flock
+    // per object): of two writes based on one version, one is refused.
+    for round in 0..3 {
+        let write = |url: String, mark: &'static str| {
+            let (client, id) = (client.clone(), id.clone());
+            async move {
+                let response = client
+                    .post(format!("{url}/v1/sessions/{id}/execute"))
+                    .json(
+                        &json!({"code": format!("import time; time.sleep(0.5); mark = '{mark}'")}),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                response.status().as_u16()
+            }
+        };
+        let (one, two) = tokio::join!(write(a_url.clone(), "a"), write(b_url.clone(), "b"));
+        let mut statuses = [one, two];
+        statuses.sort();
+        assert_eq!(statuses, [200, 409], "round {round}");
+        let expected = if one == 200 { "'a'" } else { "'b'" };
+        let read = execute(&client, &b_url, &id, "mark").await.unwrap();
+        assert_eq!(read["result"], expected, "round {round}");
+    }
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -206,12 +206,33 @@ pub(crate) enum Serving {
     Snapshot(eryx::Sandbox),
     /// While the snapshot compiles: a fresh instance of the base that imports
     /// the module, then calls the handler.
-    Interim {
-        sandbox: eryx::Sandbox,
-        module_name: String,
-        source: Arc<str>,
-        import_timeout: Duration,
-    },
+    Interim(Interim),
+}
+
+/// How a function is served while its snapshot compiles.
+#[derive(Debug)]
+pub(crate) struct Interim {
+    sandbox: eryx::Sandbox,
+    module_name: String,
+    source: Arc<str>,
+    import_timeout: Duration,
+}
+
+impl Interim {
+    /// A fresh base instance with the module imported (`handler` checked).
+    async fn session(&self, handler: &str) -> eryx::Result<eryx::Session> {
+        let mut session = self.sandbox.session().await?;
+        session
+            .load_function(&eryx::FunctionSource {
+                module_name: &self.module_name,
+                source: &self.source,
+                handler,
+                import_timeout: self.import_timeout,
+                memory_limit_bytes: None,
+            })
+            .await?;
+        Ok(session)
+    }
 }
 
 /// A function ready to serve: its record, how it is served, and its
@@ -232,22 +253,8 @@ impl Deployed {
     ) -> eryx::Result<eryx::HandlerOutput> {
         match &self.serving {
             Serving::Snapshot(sandbox) => sandbox.call_handler(event_json, context).await,
-            Serving::Interim {
-                sandbox,
-                module_name,
-                source,
-                import_timeout,
-            } => {
-                let mut session = sandbox.session().await?;
-                session
-                    .load_function(&eryx::FunctionSource {
-                        module_name,
-                        source,
-                        handler: &self.record.handler,
-                        import_timeout: *import_timeout,
-                        memory_limit_bytes: None,
-                    })
-                    .await?;
+            Serving::Interim(interim) => {
+                let mut session = interim.session(&self.record.handler).await?;
                 session.call_handler(event_json, context).await
             }
         }
@@ -263,22 +270,8 @@ impl Deployed {
     ) -> eryx::Result<(CallOutput, eryx::StateSnapshot)> {
         match &self.serving {
             Serving::Snapshot(sandbox) => run_with_state(sandbox, state, call).await,
-            Serving::Interim {
-                sandbox,
-                module_name,
-                source,
-                import_timeout,
-            } => {
-                let mut session = sandbox.session().await?;
-                session
-                    .load_function(&eryx::FunctionSource {
-                        module_name,
-                        source,
-                        handler: &self.record.handler,
-                        import_timeout: *import_timeout,
-                        memory_limit_bytes: None,
-                    })
-                    .await?;
+            Serving::Interim(interim) => {
+                let mut session = interim.session(&self.record.handler).await?;
                 if let Some(data) = state {
                     session
                         .restore_state(&eryx::StateSnapshot::from_bytes(data.to_vec()))
@@ -304,7 +297,7 @@ impl Deployed {
         info.serving = Some(
             match self.serving {
                 Serving::Snapshot(_) => "snapshot",
-                Serving::Interim { .. } => "interim",
+                Serving::Interim(_) => "interim",
             }
             .to_owned(),
         );
@@ -839,12 +832,12 @@ impl Functions {
                 error => FunctionError::Run(error),
             })?;
         let deployed = Deployed {
-            serving: Serving::Interim {
+            serving: Serving::Interim(Interim {
                 sandbox: self.sandbox(&self.base_runtime, &record)?,
                 module_name,
                 source: source.into(),
                 import_timeout: self.limits.deploy_import_timeout,
-            },
+            }),
             record,
             slots: self.new_slots(),
         };

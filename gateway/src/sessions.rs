@@ -504,9 +504,7 @@ impl Sessions {
     /// Deletes the session: its head first (it no longer exists then), then
     /// its state objects (what is left is swept later).
     pub(crate) async fn delete(&self, owner: &Owner, id: &str) -> Result<(), SessionError> {
-        let lock = self.locks.get(id);
-        let _guard = lock.lock().await;
-        self.read(owner, id).await?;
+        let _guard = self.locked(owner, id, None).await?;
         self.store.delete(&head_path(id)).await?;
         self.remove_objects(id, |_| true).await;
         Ok(())
@@ -535,23 +533,15 @@ impl Sessions {
         code: &str,
         if_match: Option<u64>,
     ) -> Result<Executed, SessionError> {
-        let lock = self.locks.get(id);
-        let _guard = lock.lock().await;
-        let (head, tag) = self.read(owner, id).await?;
-        check_version(&head, if_match)?;
-        let deployed = match &head.function {
-            Some(name) => Some(self.deployed(name).await?),
-            None => None,
-        };
+        let (_guard, head, tag) = self.locked(owner, id, if_match).await?;
         let state = self.load(&head).await?;
-        let _slot = self.slot(&self.slots, "the gateway", false).await?;
-        let call = StatefulCall::Execute(code);
-        let state = state.as_deref().map(|v| &v[..]);
-        let ran = match &deployed {
-            Some(deployed) => deployed.call_with_state(state, call).await,
-            None => run_with_state(&self.base, state, call).await,
-        };
-        drop(_slot);
+        let ran = self
+            .run(
+                &head,
+                state.as_deref().map(|v| &v[..]),
+                StatefulCall::Execute(code),
+            )
+            .await?;
         match ran {
             Ok((CallOutput::Execute(result), snapshot)) => {
                 let head = self.commit(&head, tag, snapshot).await?;
@@ -584,9 +574,7 @@ impl Sessions {
         event_json: &str,
         context: &eryx::HandlerContext,
     ) -> Result<(eryx::HandlerOutput, SessionHead), SessionError> {
-        let lock = self.locks.get(id);
-        let _guard = lock.lock().await;
-        let (head, tag) = self.read(owner, id).await?;
+        let (_guard, head, tag) = self.locked(owner, id, None).await?;
         if head.function.as_deref() != Some(name) {
             return Err(SessionError::BadRequest(format!(
                 "session {id} does not belong to function {name} (create it with {{\"function\": \"{name}\"}})"
@@ -626,22 +614,11 @@ impl Sessions {
         data: &[u8],
         if_match: Option<u64>,
     ) -> Result<SessionHead, SessionError> {
-        let lock = self.locks.get(id);
-        let _guard = lock.lock().await;
-        let (head, tag) = self.read(owner, id).await?;
-        check_version(&head, if_match)?;
-        let deployed = match &head.function {
-            Some(name) => Some(self.deployed(name).await?),
-            None => None,
-        };
-        let _slot = self.slot(&self.slots, "the gateway", false).await?;
-        let call = StatefulCall::Execute("");
-        let ran = match &deployed {
-            Some(deployed) => deployed.call_with_state(Some(data), call).await,
-            None => run_with_state(&self.base, Some(data), call).await,
-        };
-        drop(_slot);
-        match ran {
+        let (_guard, head, tag) = self.locked(owner, id, if_match).await?;
+        match self
+            .run(&head, Some(data), StatefulCall::Execute(""))
+            .await?
+        {
             Ok((_, snapshot)) => self.commit(&head, tag, snapshot).await,
             Err(eryx::Error::State(message)) => Err(SessionError::BadState(message)),
             Err(error) => Err(run_error(error, self.limits.session_state_limit_bytes)),
@@ -703,6 +680,42 @@ impl Sessions {
             }
         }
         Ok(deleted)
+    }
+
+    /// Takes the session's lock (requests through this replica wait in
+    /// arrival order), reads its head and refuses another version than
+    /// `if_match`.
+    async fn locked(
+        &self,
+        owner: &Owner,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, SessionHead, ETag), SessionError> {
+        let guard = self.locks.get(id).lock_owned().await;
+        let (head, tag) = self.read(owner, id).await?;
+        check_version(&head, if_match)?;
+        Ok((guard, head, tag))
+    }
+
+    /// Runs `call` for `head`'s session under a gateway slot, in a fresh
+    /// instance of its function's snapshot (or the base) with `state`
+    /// restored. The outer error is the gateway's (no slot, no function);
+    /// the inner one the call's.
+    async fn run(
+        &self,
+        head: &SessionHead,
+        state: Option<&[u8]>,
+        call: StatefulCall<'_>,
+    ) -> Result<eryx::Result<(CallOutput, eryx::StateSnapshot)>, SessionError> {
+        let deployed = match &head.function {
+            Some(name) => Some(self.deployed(name).await?),
+            None => None,
+        };
+        let _slot = self.slot(&self.slots, "the gateway", false).await?;
+        Ok(match &deployed {
+            Some(deployed) => deployed.call_with_state(state, call).await,
+            None => run_with_state(&self.base, state, call).await,
+        })
     }
 
     /// Reads the head of `id` with its tag, as `owner` may see it: a

@@ -279,6 +279,35 @@ pub(crate) struct Executed {
     pub(crate) outcome: Result<eryx::ExecuteResult, eryx::Error>,
     /// The head after the call.
     pub(crate) head: SessionHead,
+    /// Where the time went.
+    pub(crate) timings: Timings,
+}
+
+/// Where a session request's time went (for a `Server-Timing` header).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Timings {
+    /// Waiting for the session's lock and reading its head.
+    pub(crate) read: Duration,
+    /// Reading and decompressing the state (near zero from the cache).
+    pub(crate) load: Duration,
+    /// A fresh instance: restore, the call, pickling the new state.
+    pub(crate) run: Duration,
+    /// Compressing and writing the state and the head.
+    pub(crate) save: Duration,
+}
+
+impl Timings {
+    /// As a `Server-Timing` header value (milliseconds).
+    pub(crate) fn header(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        format!(
+            "read;dur={:.3}, load;dur={:.3}, run;dur={:.3}, save;dur={:.3}",
+            ms(self.read),
+            ms(self.load),
+            ms(self.run),
+            ms(self.save)
+        )
+    }
 }
 
 impl Executed {
@@ -533,8 +562,14 @@ impl Sessions {
         code: &str,
         if_match: Option<u64>,
     ) -> Result<Executed, SessionError> {
+        let mut timings = Timings::default();
+        let began = Instant::now();
         let (_guard, head, tag) = self.locked(owner, id, if_match).await?;
+        timings.read = began.elapsed();
+        let began = Instant::now();
         let state = self.load(&head).await?;
+        timings.load = began.elapsed();
+        let began = Instant::now();
         let ran = self
             .run(
                 &head,
@@ -542,12 +577,16 @@ impl Sessions {
                 StatefulCall::Execute(code),
             )
             .await?;
+        timings.run = began.elapsed();
         match ran {
             Ok((CallOutput::Execute(result), snapshot)) => {
+                let began = Instant::now();
                 let head = self.commit(&head, tag, snapshot).await?;
+                timings.save = began.elapsed();
                 Ok(Executed {
                     outcome: Ok(result),
                     head,
+                    timings,
                 })
             }
             Ok((CallOutput::Handler(_), _)) => unreachable!("an execute returns its result"),
@@ -558,6 +597,7 @@ impl Sessions {
             ) => Ok(Executed {
                 outcome: Err(error),
                 head,
+                timings,
             }),
             Err(error) => Err(run_error(error, self.limits.session_state_limit_bytes)),
         }
@@ -899,11 +939,15 @@ impl Sessions {
             // server applied it): the object stays for the sweep to judge.
             Err(error) => return Err(error.into()),
         }
-        // The version before this one's predecessor is now unreachable.
-        if let Some(previous) = &head.previous
-            && let Err(error) = self.store.delete(previous).await
-        {
-            tracing::warn!(session = head.id, "old state left for the sweep: {error}");
+        // The version before this one's predecessor is now unreachable:
+        // deleted after the answer (what fails is left for the sweep).
+        if let Some(previous) = head.previous.clone() {
+            let (store, id) = (self.store.clone(), head.id.clone());
+            tokio::spawn(async move {
+                if let Err(error) = store.delete(&previous).await {
+                    tracing::warn!(session = id, "old state left for the sweep: {error}");
+                }
+            });
         }
         self.cache.insert(&path, data);
         Ok(next)

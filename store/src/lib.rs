@@ -202,10 +202,12 @@ impl Store {
             } else {
                 std::fs::create_dir_all(location)?;
                 let root = std::fs::canonicalize(location)?;
-                (
-                    Arc::new(LocalFileSystem::new_with_prefix(&root).map_err(config)?),
-                    Some(root),
-                )
+                // Durable once acknowledged: every write syncs the file and
+                // its directory before the rename (or link) that publishes it.
+                let local = LocalFileSystem::new_with_prefix(&root)
+                    .map_err(config)?
+                    .with_fsync(true);
+                (Arc::new(local), Some(root))
             };
         Ok(Store {
             inner,
@@ -246,6 +248,8 @@ impl Store {
 
     /// Writes the object `path` (relative to the store's root), replacing
     /// any. A single put is atomic: readers see the old or the new bytes.
+    /// On a local directory it is durable when this returns (`fsync` of the
+    /// file and its directory).
     ///
     /// # Errors
     /// [`Error::Unavailable`] when the upload fails.

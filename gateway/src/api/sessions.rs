@@ -288,13 +288,15 @@ pub(super) async fn delete_session(
 pub(super) async fn execute(state: &AppState, request: Request<Incoming>, id: &str) -> Reply {
     let (sessions, owner) = caller(state, &request)?;
     let expected = if_match(request.headers())?;
-    let is_json = request
+    // The code itself when sent as text (`text/x-python`, `text/plain`);
+    // anything else (curl's default form type included) is the JSON body.
+    let is_source = request
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.starts_with("application/json"));
+        .is_some_and(|v| v.starts_with("text/"));
     let body = read_body(state, request).await?;
-    let code = if is_json {
+    let code = if !is_source {
         serde_json::from_slice::<ExecuteRequest>(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid execute JSON: {e}")))?
             .code
@@ -307,6 +309,7 @@ pub(super) async fn execute(state: &AppState, request: Request<Incoming>, id: &s
         .await
         .map_err(api_error)?;
     let info = executed.info();
+    let timing = executed.timings.header();
     let saved = executed.outcome.is_ok();
     let (stdout, stderr, result, error) = match executed.outcome {
         Ok(result) => (result.stdout, result.stderr, result.result, None),
@@ -348,6 +351,9 @@ pub(super) async fn execute(state: &AppState, request: Request<Incoming>, id: &s
         },
     );
     set_etag(&mut response, info.version);
+    if let Ok(timing) = HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", timing);
+    }
     Ok(response)
 }
 

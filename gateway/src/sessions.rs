@@ -15,6 +15,9 @@
 //!   names it; its BLAKE3 is in the signed head. The head keeps the object of
 //!   the version before too (`previous`), which is deleted one commit later;
 //!   objects no head names are removed by [`Sessions::sweep`].
+//! - A small state (at most [`INLINE_STATE_BYTES`] compressed) is kept in the
+//!   head itself (base64), so a write is one conditional put and a read one
+//!   get: the cheap path for the common case.
 //!
 //! A request that fails (a Python exception, a timeout, the memory limit, a
 //! trap, an unreachable store) writes no head, so the stored state is
@@ -41,6 +44,10 @@ const OWNER_DOMAIN: &str = "eryx-session-owner";
 /// zstd level of stored states: fast, and pickles of Python values compress
 /// well at it.
 const ZSTD_LEVEL: i32 = 3;
+
+/// Largest compressed state kept inside the head record (bytes), rather
+/// than in an object of its own.
+pub(crate) const INLINE_STATE_BYTES: usize = 32 << 10;
 
 /// Heads listed by [`Sessions::list`] at most.
 const MAX_LISTED: usize = 1000;
@@ -75,11 +82,14 @@ pub(crate) struct SessionHead {
     expires_unix_ms: u64,
 }
 
-/// A stored state object, as the head names it.
+/// A stored state, as the head names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StateObject {
-    /// Its path in the store.
-    path: String,
+    /// Its object's path in the store; `None` when it is `inline`.
+    path: Option<String>,
+    /// The compressed state itself (base64), when small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inline: Option<String>,
     /// Size of the pickle, in bytes.
     bytes: u64,
     /// Size of the stored (compressed) object, in bytes.
@@ -242,8 +252,10 @@ pub(crate) enum SessionError {
     /// The request is malformed (a bad setting, the wrong function).
     #[error("{0}")]
     BadRequest(String),
-    /// An uploaded state does not unpickle into a dict of globals.
-    #[error("the state does not restore: {0}")]
+    /// A state does not unpickle into a dict of globals (an uploaded one,
+    /// or a stored one into a function redeployed without what it refers
+    /// to), or the new globals cannot be pickled at all. Nothing is saved.
+    #[error("the state does not restore or pickle: {0}")]
     BadState(String),
     /// Every slot is taken (gateway-wide or the function's).
     #[error("{what} is at its concurrency limit")]
@@ -660,7 +672,6 @@ impl Sessions {
             .await?
         {
             Ok((_, snapshot)) => self.commit(&head, tag, snapshot).await,
-            Err(eryx::Error::State(message)) => Err(SessionError::BadState(message)),
             Err(error) => Err(run_error(error, self.limits.session_state_limit_bytes)),
         }
     }
@@ -707,7 +718,8 @@ impl Sessions {
                     .iter()
                     .filter(|o| {
                         !o.path.ends_with("/head.json")
-                            && head.state.as_ref().is_none_or(|s| s.path != o.path)
+                            && head.state.as_ref().and_then(|s| s.path.as_deref())
+                                != Some(o.path.as_str())
                             && head.previous.as_deref() != Some(o.path.as_str())
                             && old(o)
                     })
@@ -800,12 +812,73 @@ impl Sessions {
         let Some(object) = &head.state else {
             return Ok(None);
         };
-        if let Some(data) = self.cache.get(&object.path) {
-            self.cache_reads.with_label_values(&["hit"]).inc();
-            return Ok(Some(data));
-        }
-        self.cache_reads.with_label_values(&["miss"]).inc();
-        let Some(stored) = self.store.get(&object.path).await? else {
+        let (stored, path) = match (&object.inline, &object.path) {
+            (Some(inline), _) => {
+                use base64::Engine as _;
+                let stored = base64::engine::general_purpose::STANDARD
+                    .decode(inline)
+                    .map_err(|e| {
+                        SessionError::Integrity(format!(
+                            "the inline state of session {}: {e}",
+                            head.id
+                        ))
+                    })?;
+                (bytes::Bytes::from(stored), None)
+            }
+            (None, Some(path)) => match self.cache.get(path) {
+                Some(data) => {
+                    self.cache_reads.with_label_values(&["hit"]).inc();
+                    return Ok(Some(data));
+                }
+                None => {
+                    self.cache_reads.with_label_values(&["miss"]).inc();
+                    (self.fetch_state(head, path).await?, Some(path))
+                }
+            },
+            (None, None) => {
+                return Err(SessionError::Integrity(format!(
+                    "the head of session {} names no state",
+                    head.id
+                )));
+            }
+        };
+        let expected = object.blake3.clone();
+        let limit = self.limits.session_state_limit_bytes;
+        let id = head.id.clone();
+        let verify = move || {
+            if blake3::hash(&stored).to_hex().as_str() != expected {
+                return Err(SessionError::Integrity(format!(
+                    "the stored state of session {id} does not match its head"
+                )));
+            }
+            zstd::bulk::decompress(&stored, limit).map_err(|e| {
+                SessionError::Integrity(format!("the stored state of session {id}: {e}"))
+            })
+        };
+        let data = match path {
+            // Small and already in memory: verified in place.
+            None => Arc::new(verify()?),
+            // Hashing and decompressing megabytes: off the async workers.
+            Some(path) => {
+                let data = tokio::task::spawn_blocking(verify)
+                    .await
+                    .map_err(|e| SessionError::Integrity(format!("decompress task: {e}")))??;
+                let data = Arc::new(data);
+                self.cache.insert(path, data.clone());
+                data
+            }
+        };
+        Ok(Some(data))
+    }
+
+    /// Downloads the state object `path` that `head` names; a missing one
+    /// means a later write removed it (this head is stale: a conflict).
+    async fn fetch_state(
+        &self,
+        head: &SessionHead,
+        path: &str,
+    ) -> Result<bytes::Bytes, SessionError> {
+        let Some(stored) = self.store.get(path).await? else {
             // Deleted by a write two versions on: this head is stale.
             let current = self
                 .store
@@ -823,25 +896,7 @@ impl Sessions {
                 )),
             });
         };
-        let expected = object.blake3.clone();
-        let limit = self.limits.session_state_limit_bytes;
-        let id = head.id.clone();
-        // Hashing and decompressing megabytes: off the async workers.
-        let data = tokio::task::spawn_blocking(move || {
-            if blake3::hash(&stored).to_hex().as_str() != expected {
-                return Err(SessionError::Integrity(format!(
-                    "the stored state of session {id} does not match its head"
-                )));
-            }
-            zstd::bulk::decompress(&stored, limit).map_err(|e| {
-                SessionError::Integrity(format!("the stored state of session {id}: {e}"))
-            })
-        })
-        .await
-        .map_err(|e| SessionError::Integrity(format!("decompress task: {e}")))??;
-        let data = Arc::new(data);
-        self.cache.insert(&object.path, data.clone());
-        Ok(Some(data))
+        Ok(stored)
     }
 
     /// [`write`](Self::write), counted by outcome.
@@ -880,33 +935,48 @@ impl Sessions {
         }
         let data = Arc::new(snapshot.data);
         let pickle = data.clone();
-        let (stored, blake3) = tokio::task::spawn_blocking(move || {
+        let compress = move || {
             let stored = zstd::bulk::compress(&pickle, ZSTD_LEVEL)?;
             let hash = blake3::hash(&stored).to_hex().to_string();
             Ok::<_, std::io::Error>((stored, hash))
-        })
-        .await
-        .map_err(|e| SessionError::Integrity(format!("compress task: {e}")))?
-        .map_err(|e| SessionError::Integrity(format!("compressing the state: {e}")))?;
+        };
+        let compressed = if data.len() <= INLINE_STATE_BYTES {
+            compress()
+        } else {
+            // Megabytes: off the async workers.
+            tokio::task::spawn_blocking(compress)
+                .await
+                .map_err(|e| SessionError::Integrity(format!("compress task: {e}")))?
+        };
+        let (stored, blake3) = compressed
+            .map_err(|e| SessionError::Integrity(format!("compressing the state: {e}")))?;
         let version = head.version + 1;
-        let path = format!(
-            "sessions/{}/states/{version:020}-{}.zst",
-            head.id,
-            &random_hex()?[..16]
-        );
-        let object = StateObject {
-            path: path.clone(),
+        let mut object = StateObject {
+            path: None,
+            inline: None,
             bytes: data.len() as u64,
             stored_bytes: stored.len() as u64,
             blake3,
             compression: "zstd".into(),
         };
-        self.store.put_if(&path, stored, Condition::Create).await?;
+        if stored.len() <= INLINE_STATE_BYTES {
+            use base64::Engine as _;
+            object.inline = Some(base64::engine::general_purpose::STANDARD.encode(&stored));
+        } else {
+            let path = format!(
+                "sessions/{}/states/{version:020}-{}.zst",
+                head.id,
+                &random_hex()?[..16]
+            );
+            self.store.put_if(&path, stored, Condition::Create).await?;
+            object.path = Some(path);
+        }
+        let path = object.path.clone();
         let now = eryx_preinit::unix_ms();
         let next = SessionHead {
             version,
             state: Some(object),
-            previous: head.state.as_ref().map(|s| s.path.clone()),
+            previous: head.state.as_ref().and_then(|s| s.path.clone()),
             skipped: snapshot.skipped,
             last_used_unix_ms: now,
             expires_unix_ms: now.saturating_add(head.ttl_s.saturating_mul(1000)),
@@ -919,7 +989,9 @@ impl Sessions {
         {
             Ok(_) => {}
             Err(eryx_store::Error::Conflict { .. }) => {
-                let _ = self.store.delete(&path).await;
+                if let Some(path) = &path {
+                    let _ = self.store.delete(path).await;
+                }
                 let current = self
                     .store
                     .get_signed::<SessionHead>(&head_path(&head.id))
@@ -949,7 +1021,9 @@ impl Sessions {
                 }
             });
         }
-        self.cache.insert(&path, data);
+        if let Some(path) = &path {
+            self.cache.insert(path, data);
+        }
         Ok(next)
     }
 
@@ -1006,10 +1080,12 @@ fn check_version(head: &SessionHead, if_match: Option<u64>) -> Result<(), Sessio
     }
 }
 
-/// A failed call as a session error: the state limit is its own.
+/// A failed call as a session error: the state limit and states that do
+/// not (un)pickle are their own.
 fn run_error(error: eryx::Error, limit: usize) -> SessionError {
     match error {
         eryx::Error::StateTooLarge { size, .. } => SessionError::StateTooLarge { size, limit },
+        eryx::Error::State(message) => SessionError::BadState(message),
         error => SessionError::Run(error),
     }
 }

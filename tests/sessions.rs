@@ -594,6 +594,29 @@ async fn another_tenants_token_cannot_read_or_write_a_session() {
 
     // Its owner and admins still reach it, unchanged.
     assert_eq!(alice.ok(&id, "secret").await["result"], "'alice only'");
+
+    // With a function session an invoke-only token may invoke the handler,
+    // not run code in the function's snapshot or read its globals (its
+    // environment and what it keeps from other callers).
+    let deployed = root
+        .request(reqwest::Method::PUT, "/v1/functions/counter")
+        .header("content-type", "text/x-python")
+        .body(COUNTER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deployed.status().as_u16(), 201);
+    let counting = alice.create(json!({"function": "counter"})).await;
+    assert_eq!(alice.invoke("counter", &counting).await, (200, json!(1)));
+    let (status, body) = alice.execute(&counting, "import os; dict(os.environ)").await;
+    assert_eq!(status, 403, "{body}");
+    let state = alice
+        .request(reqwest::Method::GET, &format!("/v1/sessions/{counting}/state"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(state.status().as_u16(), 403);
+    assert_eq!(root.ok(&counting, "COUNT").await["result"], "1");
     let (status, listed) = Client::send(root.request(reqwest::Method::GET, "/v1/sessions")).await;
     assert_eq!(status, 200);
     assert!(

@@ -49,6 +49,10 @@ const ZSTD_LEVEL: i32 = 3;
 /// than in an object of its own.
 pub(crate) const INLINE_STATE_BYTES: usize = 32 << 10;
 
+/// Largest pickle kept inline (bytes), however well it compresses: an
+/// inline state is decompressed on the async worker at every read.
+const INLINE_PICKLE_BYTES: usize = 256 << 10;
+
 /// Heads listed by [`Sessions::list`] at most.
 const MAX_LISTED: usize = 1000;
 
@@ -173,6 +177,10 @@ pub(crate) struct Owner {
     digest: String,
     /// Admin tokens (and every caller without tokens) reach every session.
     admin: bool,
+    /// Whether the caller may run code in a function's snapshot and read its
+    /// module's globals (admins, or invoke tokens allowed to see details):
+    /// others may only invoke the handler with a function session.
+    inspect_functions: bool,
 }
 
 /// A call into an instance with a session's state.
@@ -257,6 +265,10 @@ pub(crate) enum SessionError {
     /// to), or the new globals cannot be pickled at all. Nothing is saved.
     #[error("the state does not restore or pickle: {0}")]
     BadState(String),
+    /// The caller may not do this (run code in a function's snapshot, or
+    /// read its globals, with an invoke-only token).
+    #[error("{0}")]
+    Forbidden(String),
     /// Every slot is taken (gateway-wide or the function's).
     #[error("{what} is at its concurrency limit")]
     Overloaded {
@@ -457,13 +469,15 @@ impl Sessions {
     }
 
     /// The owner identity of a caller presenting `token` (`None` without
-    /// tokens); `admin` callers reach every session.
-    pub(crate) fn owner(&self, token: Option<&str>, admin: bool) -> Owner {
+    /// tokens); `admin` callers reach every session; `inspect_functions`
+    /// callers may execute in and read the state of function sessions.
+    pub(crate) fn owner(&self, token: Option<&str>, admin: bool, inspect_functions: bool) -> Owner {
         Owner {
             digest: token.map_or_else(String::new, |t| {
                 self.key.sign_hex(OWNER_DOMAIN, t.as_bytes())
             }),
             admin,
+            inspect_functions,
         }
     }
 
@@ -559,6 +573,7 @@ impl Sessions {
         id: &str,
     ) -> Result<(Arc<Vec<u8>>, SessionHead), SessionError> {
         let (head, _) = self.read(owner, id).await?;
+        Sessions::check_inspect(owner, &head)?;
         let data = self.load(&head).await?.unwrap_or_default();
         Ok((data, head))
     }
@@ -577,6 +592,7 @@ impl Sessions {
         let mut timings = Timings::default();
         let began = Instant::now();
         let (_guard, head, tag) = self.locked(owner, id, if_match).await?;
+        Sessions::check_inspect(owner, &head)?;
         timings.read = began.elapsed();
         let began = Instant::now();
         let state = self.load(&head).await?;
@@ -667,6 +683,7 @@ impl Sessions {
         if_match: Option<u64>,
     ) -> Result<SessionHead, SessionError> {
         let (_guard, head, tag) = self.locked(owner, id, if_match).await?;
+        Sessions::check_inspect(owner, &head)?;
         match self
             .run(&head, Some(data), StatefulCall::Execute(""))
             .await?
@@ -749,6 +766,20 @@ impl Sessions {
         Ok((guard, head, tag))
     }
 
+    /// Refuses code and state access to a function session for a caller who
+    /// may only invoke it: its globals hold what the module keeps from its
+    /// environment and its callers.
+    fn check_inspect(owner: &Owner, head: &SessionHead) -> Result<(), SessionError> {
+        match &head.function {
+            Some(name) if !owner.inspect_functions => Err(SessionError::Forbidden(format!(
+                "this token may only invoke function {name} with this session \
+                 (POST /v1/functions/{name}/invoke?session={}), not run code in it or read its state",
+                head.id
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs `call` for `head`'s session under a gateway slot, in a fresh
     /// instance of its function's snapshot (or the base) with `state`
     /// restored. The outer error is the gateway's (no slot, no function);
@@ -762,6 +793,10 @@ impl Sessions {
         let deployed = match &head.function {
             Some(name) => Some(self.deployed(name).await?),
             None => None,
+        };
+        let _function_slot = match (&deployed, &head.function) {
+            (Some(deployed), Some(name)) => Some(self.slot(&deployed.slots, name, true).await?),
+            _ => None,
         };
         let _slot = self.slot(&self.slots, "the gateway", false).await?;
         Ok(match &deployed {
@@ -940,7 +975,7 @@ impl Sessions {
             let hash = blake3::hash(&stored).to_hex().to_string();
             Ok::<_, std::io::Error>((stored, hash))
         };
-        let compressed = if data.len() <= INLINE_STATE_BYTES {
+        let compressed = if data.len() <= INLINE_PICKLE_BYTES {
             compress()
         } else {
             // Megabytes: off the async workers.
@@ -959,7 +994,7 @@ impl Sessions {
             blake3,
             compression: "zstd".into(),
         };
-        if stored.len() <= INLINE_STATE_BYTES {
+        if stored.len() <= INLINE_STATE_BYTES && data.len() <= INLINE_PICKLE_BYTES {
             use base64::Engine as _;
             object.inline = Some(base64::engine::general_purpose::STANDARD.encode(&stored));
         } else {
@@ -989,23 +1024,31 @@ impl Sessions {
         {
             Ok(_) => {}
             Err(eryx_store::Error::Conflict { .. }) => {
-                if let Some(path) = &path {
-                    let _ = self.store.delete(path).await;
-                }
                 let current = self
                     .store
                     .get_signed::<SessionHead>(&head_path(&head.id))
-                    .await
-                    .ok()
-                    .flatten();
-                return Err(match current {
-                    Some(current) => SessionError::Conflict {
-                        id: head.id.clone(),
-                        current: current.version,
-                        based_on: head.version,
-                    },
-                    None => SessionError::NotFound(head.id.clone()),
-                });
+                    .await?;
+                // A put the store retried after applying it is refused on
+                // the retry, though it is ours: then it is written.
+                let ours = current.as_ref().is_some_and(|c| *c == next);
+                if !ours {
+                    // Ours is not named by any head: no reader needs it.
+                    let named = current
+                        .as_ref()
+                        .and_then(|c| c.state.as_ref())
+                        .and_then(|s| s.path.as_ref());
+                    if let Some(path) = path.as_ref().filter(|p| Some(*p) != named) {
+                        let _ = self.store.delete(path).await;
+                    }
+                    return Err(match current {
+                        Some(current) => SessionError::Conflict {
+                            id: head.id.clone(),
+                            current: current.version,
+                            based_on: head.version,
+                        },
+                        None => SessionError::NotFound(head.id.clone()),
+                    });
+                }
             }
             // Unknown whether the head was written (a timeout after the
             // server applied it): the object stays for the sweep to judge.

@@ -22,7 +22,7 @@
 //!   ([`Error::Conflict`]), forged ([`Error::BadSignature`]), malformed
 //!   ([`Error::Decode`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,8 +81,9 @@ pub enum Error {
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The entity tag of one stored version of an object: S3's `ETag`, or for a
-/// local file `object_store`'s tag of its inode, modification time and size.
+/// The entity tag of one stored version of an object: S3's `ETag` (the MD5
+/// of the bytes for a single-part upload), or for a local file the BLAKE3
+/// of its bytes. Either way, writing the same bytes again keeps the tag.
 /// Opaque: compare, and pass to [`Condition::Matches`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ETag(String);
@@ -113,6 +114,21 @@ pub struct ObjectInfo {
     pub size: u64,
     /// When it was last written, in milliseconds since the Unix epoch.
     pub last_modified_unix_ms: u64,
+}
+
+/// A write to a local directory (see [`Store::locally`]).
+enum LocalWrite {
+    /// Replace the object.
+    Put(Bytes),
+    /// Replace it only if its tag is this one.
+    PutIf(Bytes, ETag),
+    /// Remove it.
+    Delete,
+}
+
+/// The tag of a local object: the BLAKE3 of its bytes.
+fn local_tag(bytes: &[u8]) -> ETag {
+    ETag(format!("b3:{}", blake3::hash(bytes).to_hex()))
 }
 
 /// Name of the field that carries a signed document's HMAC.
@@ -249,14 +265,19 @@ impl Store {
     /// Writes the object `path` (relative to the store's root), replacing
     /// any. A single put is atomic: readers see the old or the new bytes.
     /// On a local directory it is durable when this returns (`fsync` of the
-    /// file and its directory).
+    /// file and its directory), and it waits for a conditional put of the
+    /// same object in progress (see [`put_if`](Self::put_if)).
     ///
     /// # Errors
     /// [`Error::Unavailable`] when the upload fails.
     pub async fn put(&self, path: &str, bytes: impl Into<Bytes>) -> Result<ETag> {
+        let bytes = bytes.into();
+        if self.local_root.is_some() {
+            return self.locally(path, LocalWrite::Put(bytes)).await;
+        }
         let result = self
             .inner
-            .put(&ObjectPath::from(path), PutPayload::from(bytes.into()))
+            .put(&ObjectPath::from(path), PutPayload::from(bytes))
             .await
             .map_err(|e| self.unavailable(e))?;
         Ok(ETag(result.e_tag.unwrap_or_default()))
@@ -264,7 +285,9 @@ impl Store {
 
     /// Writes the object `path` only if `condition` holds, atomically with
     /// the check (see the crate's documentation for the local store); returns
-    /// the new version's tag.
+    /// the new version's tag. Once started, the write completes even if the
+    /// returned future is dropped (a cancelled request cannot leave a write
+    /// landing after its lock was released).
     ///
     /// # Errors
     /// [`Error::Conflict`] when the condition does not hold (nothing was
@@ -276,71 +299,97 @@ impl Store {
         bytes: impl Into<Bytes>,
         condition: Condition,
     ) -> Result<ETag> {
-        let location = ObjectPath::from(path);
-        let payload = PutPayload::from(bytes.into());
+        let bytes = bytes.into();
         let mode = match condition {
             Condition::Create => PutMode::Create,
-            Condition::Matches(tag) => match &self.local_root {
-                Some(root) => return self.put_if_matches_local(root, path, payload, tag).await,
-                None => PutMode::Update(UpdateVersion {
-                    e_tag: Some(tag.0),
-                    version: None,
-                }),
-            },
+            Condition::Matches(tag) if self.local_root.is_some() => {
+                return self.locally(path, LocalWrite::PutIf(bytes, tag)).await;
+            }
+            Condition::Matches(tag) => PutMode::Update(UpdateVersion {
+                e_tag: Some(tag.0),
+                version: None,
+            }),
         };
+        let local = self.local_root.is_some();
         let result = self
             .inner
-            .put_opts(&location, payload, PutOptions::from(mode))
+            .put_opts(
+                &ObjectPath::from(path),
+                PutPayload::from(bytes.clone()),
+                PutOptions::from(mode),
+            )
             .await
             .map_err(|e| self.put_error(path, e))?;
-        Ok(ETag(result.e_tag.unwrap_or_default()))
+        Ok(if local {
+            local_tag(&bytes)
+        } else {
+            ETag(result.e_tag.unwrap_or_default())
+        })
     }
 
-    /// [`Condition::Matches`] on a local directory: under an exclusive lock
-    /// on the object's lock file (every writer of this store takes it), the
-    /// current tag is compared and the object replaced (temporary file and
-    /// rename, so readers, who take no lock, see old or new bytes).
-    async fn put_if_matches_local(
-        &self,
-        root: &Path,
-        path: &str,
-        payload: PutPayload,
-        expected: ETag,
-    ) -> Result<ETag> {
+    /// A write to a local directory under the object's lock file, in a task
+    /// of its own: every writer of the object (this process or another)
+    /// takes the lock, so [`LocalWrite::PutIf`]'s compare and rename are
+    /// atomic with respect to them, and the task (holding the lock) runs to
+    /// the end even if the caller stops waiting. Readers take no lock: a
+    /// rename is atomic. Tags are the BLAKE3 of the bytes (`b3:…`): unlike
+    /// inode and modification time, they cannot repeat for different
+    /// contents.
+    async fn locally(&self, path: &str, write: LocalWrite) -> Result<ETag> {
+        let root = self.local_root.clone().expect("a local store");
         let lock_path = root
             .join(LOCK_DIR)
             .join(format!("{}.lock", blake3::hash(path.as_bytes()).to_hex()));
-        // `flock` blocks: wait for it on a blocking thread. The lock is
-        // released when the file is closed, at the end of this function.
-        let _lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            std::fs::create_dir_all(lock_path.parent().expect("has a parent"))?;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)?;
-            file.lock()?;
-            Ok(file)
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        let location = ObjectPath::from(path);
-        let current = match self.inner.head(&location).await {
-            Ok(meta) => meta.e_tag,
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(e) => return Err(self.unavailable(e)),
-        };
-        if current.as_deref() != Some(expected.as_str()) {
-            return Err(Error::Conflict {
-                path: path.to_owned(),
-            });
-        }
-        let result = self
-            .inner
-            .put(&location, payload)
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        Ok(ETag(result.e_tag.unwrap_or_default()))
+        let conditional = matches!(write, LocalWrite::PutIf(..));
+        let this = self.clone();
+        let path = path.to_owned();
+        let task = tokio::spawn(async move {
+            // `flock` blocks: wait for it on a blocking thread. An object
+            // never written conditionally has no lock file, and nobody can be
+            // inside its critical section: plain writes need none then.
+            let lock =
+                tokio::task::spawn_blocking(move || -> std::io::Result<Option<std::fs::File>> {
+                    if !conditional && !lock_path.exists() {
+                        return Ok(None);
+                    }
+                    std::fs::create_dir_all(lock_path.parent().expect("has a parent"))?;
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&lock_path)?;
+                    file.lock()?;
+                    Ok(Some(file))
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            let location = ObjectPath::from(path.as_str());
+            let outcome = match write {
+                LocalWrite::Put(bytes) => this
+                    .inner
+                    .put(&location, PutPayload::from(bytes.clone()))
+                    .await
+                    .map(|_| local_tag(&bytes))
+                    .map_err(|e| this.unavailable(e)),
+                LocalWrite::PutIf(bytes, expected) => match this.get_tagged(&path).await? {
+                    Some((_, current)) if current == expected => this
+                        .inner
+                        .put(&location, PutPayload::from(bytes.clone()))
+                        .await
+                        .map(|_| local_tag(&bytes))
+                        .map_err(|e| this.unavailable(e)),
+                    _ => Err(Error::Conflict { path: path.clone() }),
+                },
+                LocalWrite::Delete => match this.inner.delete(&location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(ETag(String::new())),
+                    Err(e) => Err(this.unavailable(e)),
+                },
+            };
+            drop(lock);
+            outcome
+        });
+        task.await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
     }
 
     /// Reads the object `path`, or `None` when there is none.
@@ -361,6 +410,11 @@ impl Store {
             Ok(object) => {
                 let tag = ETag(object.meta.e_tag.clone().unwrap_or_default());
                 let bytes = object.bytes().await.map_err(|e| self.unavailable(e))?;
+                let tag = if self.local_root.is_some() {
+                    local_tag(&bytes)
+                } else {
+                    tag
+                };
                 Ok(Some((bytes, tag)))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -380,11 +434,16 @@ impl Store {
         }
     }
 
-    /// Deletes the object `path`; a missing object is not an error.
+    /// Deletes the object `path`; a missing object is not an error. On a
+    /// local directory it waits for a conditional put of the object in
+    /// progress, so a deleted object cannot be written back by one.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when the store refuses the deletion.
     pub async fn delete(&self, path: &str) -> Result<()> {
+        if self.local_root.is_some() {
+            return self.locally(path, LocalWrite::Delete).await.map(|_| ());
+        }
         match self.inner.delete(&ObjectPath::from(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.unavailable(e)),
@@ -508,6 +567,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn store(dir: &Path) -> Store {
         let key = eryx::SigningKey::from_bytes(&[7; 32]).unwrap();

@@ -103,7 +103,9 @@ pub(super) fn owner(
         .auth_enabled()
         .then(|| bearer_token(request.headers()))
         .flatten();
-    Ok(sessions(state)?.owner(token, caller == Caller::Admin))
+    let admin = caller == Caller::Admin;
+    let inspect = admin || state.config.invoke_tokens_see_details;
+    Ok(sessions(state)?.owner(token, admin, inspect))
 }
 
 /// Authorizes a sessions route (invoke tokens may use them) and returns the
@@ -164,6 +166,7 @@ pub(super) fn api_error(error: SessionError) -> ApiError {
         error @ (SessionError::BadRequest(_) | SessionError::BadState(_)) => {
             ApiError::bad_request(error.to_string())
         }
+        SessionError::Forbidden(message) => ApiError::new(ErrorCode::Forbidden, message),
         SessionError::Overloaded {
             what,
             rejected,

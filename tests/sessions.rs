@@ -608,10 +608,15 @@ async fn another_tenants_token_cannot_read_or_write_a_session() {
     assert_eq!(deployed.status().as_u16(), 201);
     let counting = alice.create(json!({"function": "counter"})).await;
     assert_eq!(alice.invoke("counter", &counting).await, (200, json!(1)));
-    let (status, body) = alice.execute(&counting, "import os; dict(os.environ)").await;
+    let (status, body) = alice
+        .execute(&counting, "import os; dict(os.environ)")
+        .await;
     assert_eq!(status, 403, "{body}");
     let state = alice
-        .request(reqwest::Method::GET, &format!("/v1/sessions/{counting}/state"))
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/sessions/{counting}/state"),
+        )
         .send()
         .await
         .unwrap();

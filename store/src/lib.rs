@@ -285,9 +285,11 @@ impl Store {
 
     /// Writes the object `path` only if `condition` holds, atomically with
     /// the check (see the crate's documentation for the local store); returns
-    /// the new version's tag. Once started, the write completes even if the
-    /// returned future is dropped (a cancelled request cannot leave a write
-    /// landing after its lock was released).
+    /// the new version's tag. On a local directory a [`Condition::Matches`]
+    /// write, once started, completes under its lock even if the returned
+    /// future is dropped (a cancelled request cannot leave a write landing
+    /// after its lock was released); on S3 the server orders conditional
+    /// puts, and a dropped request either landed or did not.
     ///
     /// # Errors
     /// [`Error::Conflict`] when the condition does not hold (nothing was

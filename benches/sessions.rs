@@ -33,16 +33,7 @@ fn print(step: &Step) {
 async fn sessions(client: &reqwest::Client, url: &str, count: usize, size: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..count {
-        let created: serde_json::Value = client
-            .post(format!("{url}/v1/sessions"))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = created["id"].as_str().unwrap().to_owned();
+        let id = eryx_tests::create_session(client, url).await;
         let defined: serde_json::Value = client
             .post(format!("{url}/v1/sessions/{id}/execute"))
             .json(&json!({"code": format!("import os\nx = 0\nblob = os.urandom({size})")}))

@@ -506,3 +506,20 @@ pub fn s3_options_via(server: &S3Server, proxy: &TcpProxy) -> Vec<(&'static str,
     options[0].1 = format!("http://127.0.0.1:{}", proxy.port());
     options
 }
+
+/// Creates a session on the gateway at `url` (`POST /v1/sessions {}`) and
+/// returns its id.
+///
+/// # Panics
+/// When the gateway does not answer 201 with an id.
+pub async fn create_session(client: &reqwest::Client, url: &str) -> String {
+    let response = client
+        .post(format!("{url}/v1/sessions"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let created: serde_json::Value = response.json().await.unwrap();
+    created["id"].as_str().unwrap().to_owned()
+}

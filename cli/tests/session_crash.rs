@@ -74,16 +74,7 @@ async fn a_gateway_killed_while_20_clients_write_keeps_every_acknowledged_versio
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for _ in 0..CLIENTS {
-        let created: Value = client
-            .post(format!("{url}/v1/sessions"))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = created["id"].as_str().unwrap().to_owned();
+        let id = eryx_tests::create_session(&client, &url).await;
         let defined = execute(&client, &url, &id, "log = []").await.unwrap();
         assert_eq!(defined["version"], 2);
         ids.push(id);
@@ -170,16 +161,7 @@ async fn two_gateway_processes_on_one_local_store_let_exactly_one_concurrent_wri
         format!("http://127.0.0.1:{b_port}"),
     );
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{a_url}/v1/sessions"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    let id = eryx_tests::create_session(&client, &a_url).await;
     // The local store's conditional put holds across processes (an flock
     // per object): of two writes based on one version, one is refused.
     for round in 0..3 {

@@ -561,7 +561,7 @@ impl Sessions {
     pub(crate) async fn delete(&self, owner: &Owner, id: &str) -> Result<(), SessionError> {
         let _guard = self.locked(owner, id, None).await?;
         self.store.delete(&head_path(id)).await?;
-        self.remove_objects(id, |_| true).await;
+        self.remove_objects(id).await;
         Ok(())
     }
 
@@ -648,21 +648,15 @@ impl Sessions {
                 "session {id} does not belong to function {name} (create it with {{\"function\": \"{name}\"}})"
             )));
         }
-        let deployed = self.deployed(name).await?;
         let state = self.load(&head).await?;
-        let _function_slot = self.slot(&deployed.slots, name, true).await?;
-        let _slot = self.slot(&self.slots, "the gateway", false).await?;
-        let ran = deployed
-            .call_with_state(
-                state.as_deref().map(|v| &v[..]),
-                StatefulCall::Handler {
-                    event_json,
-                    context,
-                },
-            )
-            .await;
-        drop((_slot, _function_slot));
-        match ran {
+        let call = StatefulCall::Handler {
+            event_json,
+            context,
+        };
+        match self
+            .run(&head, state.as_deref().map(|v| &v[..]), call)
+            .await?
+        {
             Ok((CallOutput::Handler(output), snapshot)) => {
                 let head = self.commit(&head, tag, snapshot).await?;
                 Ok((output, head))
@@ -1070,12 +1064,11 @@ impl Sessions {
         Ok(next)
     }
 
-    /// Deletes `id`'s objects whose path passes `doomed`; failures are left
-    /// for the sweep.
-    async fn remove_objects(&self, id: &str, doomed: impl Fn(&str) -> bool) {
+    /// Deletes `id`'s objects; failures are left for the sweep.
+    async fn remove_objects(&self, id: &str) {
         match self.store.list(&format!("sessions/{id}")).await {
             Ok(objects) => {
-                for object in objects.iter().filter(|o| doomed(&o.path)) {
+                for object in &objects {
                     if let Err(error) = self.store.delete(&object.path).await {
                         tracing::warn!(session = id, "object left for the sweep: {error}");
                     }

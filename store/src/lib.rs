@@ -238,11 +238,6 @@ impl Store {
         &self.location
     }
 
-    /// Whether this is a local directory (not S3).
-    pub fn is_local(&self) -> bool {
-        self.local_root.is_some()
-    }
-
     fn unavailable(&self, error: object_store::Error) -> Error {
         Error::Unavailable {
             location: self.location.clone(),
@@ -366,27 +361,27 @@ impl Store {
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))??;
             let location = ObjectPath::from(path.as_str());
-            let outcome = match write {
-                LocalWrite::Put(bytes) => this
-                    .inner
-                    .put(&location, PutPayload::from(bytes.clone()))
-                    .await
-                    .map(|_| local_tag(&bytes))
-                    .map_err(|e| this.unavailable(e)),
+            let bytes = match write {
+                LocalWrite::Put(bytes) => bytes,
                 LocalWrite::PutIf(bytes, expected) => match this.get_tagged(&path).await? {
-                    Some((_, current)) if current == expected => this
-                        .inner
-                        .put(&location, PutPayload::from(bytes.clone()))
-                        .await
-                        .map(|_| local_tag(&bytes))
-                        .map_err(|e| this.unavailable(e)),
-                    _ => Err(Error::Conflict { path: path.clone() }),
+                    Some((_, current)) if current == expected => bytes,
+                    _ => return Err(Error::Conflict { path }),
                 },
-                LocalWrite::Delete => match this.inner.delete(&location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(ETag(String::new())),
-                    Err(e) => Err(this.unavailable(e)),
-                },
+                LocalWrite::Delete => {
+                    return match this.inner.delete(&location).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                            Ok(ETag(String::new()))
+                        }
+                        Err(e) => Err(this.unavailable(e)),
+                    };
+                }
             };
+            let outcome = this
+                .inner
+                .put(&location, PutPayload::from(bytes.clone()))
+                .await
+                .map(|_| local_tag(&bytes))
+                .map_err(|e| this.unavailable(e));
             drop(lock);
             outcome
         });
@@ -420,18 +415,6 @@ impl Store {
                 Ok(Some((bytes, tag)))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.unavailable(e)),
-        }
-    }
-
-    /// Whether an object is at `path`.
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`] when the store cannot be reached.
-    pub async fn exists(&self, path: &str) -> Result<bool> {
-        match self.inner.head(&ObjectPath::from(path)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.unavailable(e)),
         }
     }

@@ -277,82 +277,67 @@ pub(super) async fn invoke_function(
             .map_err(|_| ApiError::bad_request("the event is not UTF-8"))?
     };
     let limits = &state.config.limits;
-    let metrics = &state.metrics;
     let context = eryx::HandlerContext {
         request_id: request_id.to_owned(),
         function_name: name.clone(),
         function_version: deployed.record.version,
     };
-    if let (Some(id), Some(owner)) = (session, owner) {
-        // The session's own lock and slots, in that order (see `Sessions`).
-        let sessions = sessions::sessions(state)?;
-        metrics.in_flight.inc();
-        let start = Instant::now();
-        let outcome = sessions
-            .invoke(&owner, &id, &name, &event_json, &context)
-            .await;
-        metrics.in_flight.dec();
-        metrics
-            .invocation_seconds
-            .with_label_values(&[&name])
-            .observe(start.elapsed().as_secs_f64());
-        return match outcome {
-            Ok((output, head)) => {
-                let mut response = invoke_response(
-                    state,
-                    request_id,
-                    &name,
-                    output,
-                    include_output,
-                    deployed.record.version,
-                )?;
-                sessions::set_etag(&mut response, head.version());
-                Ok(response)
+    let (outcome, session_version) = match (session, owner) {
+        (Some(id), Some(owner)) => {
+            // The session's own lock and slots, in that order (see `Sessions`).
+            let sessions = sessions::sessions(state)?;
+            let invoked = sessions.invoke(&owner, &id, &name, &event_json, &context);
+            match timed(state, &name, invoked).await {
+                Ok((output, head)) => (Ok(output), Some(head.version())),
+                Err(error) => (Err(sessions::api_error(error)), None),
             }
-            Err(error) => Err(invoke_failed(
+        }
+        _ => {
+            let _function_slot = deployed
+                .slots
+                .acquire(limits.queue_timeout)
+                .await
+                .map_err(|rejected| overloaded(rejected, ErrorCode::TooManyRequests, &name))?;
+            let _slot = state
+                .slots
+                .acquire(limits.queue_timeout)
+                .await
+                .map_err(|rejected| overloaded(rejected, ErrorCode::Overloaded, "the gateway"))?;
+            let outcome = timed(state, &name, deployed.call(&event_json, &context)).await;
+            (outcome.map_err(ApiError::from_eryx), None)
+        }
+    };
+    match outcome {
+        Ok(output) => {
+            let mut response = invoke_response(
                 state,
                 request_id,
                 &name,
-                sessions::api_error(error),
+                output,
                 include_output,
-            )),
-        };
+                deployed.record.version,
+            )?;
+            if let Some(version) = session_version {
+                sessions::set_etag(&mut response, version);
+            }
+            Ok(response)
+        }
+        Err(api) => Err(invoke_failed(state, request_id, &name, api, include_output)),
     }
-    let _function_slot = deployed
-        .slots
-        .acquire(limits.queue_timeout)
-        .await
-        .map_err(|rejected| overloaded(rejected, ErrorCode::TooManyRequests, &name))?;
-    let _slot = state
-        .slots
-        .acquire(limits.queue_timeout)
-        .await
-        .map_err(|rejected| overloaded(rejected, ErrorCode::Overloaded, "the gateway"))?;
+}
+
+/// Awaits an invocation of function `name`, counted in flight and timed.
+async fn timed<T>(state: &AppState, name: &str, invocation: impl Future<Output = T>) -> T {
+    let metrics = &state.metrics;
     metrics.in_flight.inc();
     let start = Instant::now();
-    let outcome = deployed.call(&event_json, &context).await;
+    let outcome = invocation.await;
     metrics.in_flight.dec();
     metrics
         .invocation_seconds
-        .with_label_values(&[&name])
+        .with_label_values(&[name])
         .observe(start.elapsed().as_secs_f64());
-    match outcome {
-        Ok(output) => invoke_response(
-            state,
-            request_id,
-            &name,
-            output,
-            include_output,
-            deployed.record.version,
-        ),
-        Err(error) => Err(invoke_failed(
-            state,
-            request_id,
-            &name,
-            ApiError::from_eryx(error),
-            include_output,
-        )),
-    }
+    outcome
 }
 
 /// The answer to a successful invocation: the handler's JSON, or with

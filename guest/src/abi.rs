@@ -55,13 +55,18 @@ impl<T> RawList<T> {
     }
 }
 
+/// Starts an async-lowered import: `(cx, abi_area) -> status`.
+type AsyncImportFn = unsafe extern "C" fn(*mut c_void, *mut u8) -> u32;
+/// Lifts an async-lowered import's result from its area onto `cx`'s stack.
+type AsyncLiftFn = unsafe extern "C" fn(*mut c_void, *mut u8);
+
 #[repr(C)]
 struct ImportFunc {
     interface: *const c_char,
     name: *const c_char,
     sync_impl: Option<unsafe extern "C" fn(*mut c_void)>,
-    async_impl: *const c_void,
-    async_lift_impl: *const c_void,
+    async_impl: Option<AsyncImportFn>,
+    async_lift_impl: Option<AsyncLiftFn>,
     params: RawList<u32>,
     result: u32,
     async_abi_area_size: usize,
@@ -207,6 +212,103 @@ impl Drop for Cx {
 unsafe fn cx<'a>(cx: *mut c_void) -> &'a mut Cx {
     // SAFETY: guaranteed by the caller (see above).
     unsafe { &mut *cx.cast::<Cx>() }
+}
+
+// --- Calling imports ------------------------------------------------------------
+
+fn import_func(name: &str) -> &'static ImportFunc {
+    let funcs = &wit().import_funcs;
+    (0..funcs.len)
+        .map(|i| funcs.get(i))
+        .find(|f| f.interface.is_null() && c_str(f.name) == name)
+        .unwrap_or_else(|| panic!("the world has no import {name}"))
+}
+
+/// A context holding `args` so that the bindings pop the first one first.
+fn import_cx(args: Vec<Val>) -> Box<Cx> {
+    let mut cx = Box::<Cx>::default();
+    cx.stack.extend(args.into_iter().rev());
+    cx
+}
+
+/// Calls the synchronously lowered import `name`; returns its result.
+pub fn call_import(name: &str, args: Vec<Val>) -> Option<Val> {
+    let func = import_func(name);
+    let call = func
+        .sync_impl
+        .unwrap_or_else(|| panic!("import {name} is not lowered synchronously"));
+    let mut cx = import_cx(args);
+    // SAFETY: the bindings' import function for `func`, given a live context
+    // holding exactly its parameters; it pops them and pushes its result.
+    unsafe { call((&mut *cx as *mut Cx).cast()) };
+    cx.stack.pop()
+}
+
+/// An async-lowered import call in flight: its context (which keeps the
+/// lowered arguments alive) and its ABI area (where the result lands).
+pub struct AsyncCall {
+    cx: Box<Cx>,
+    area: *mut u8,
+    layout: Layout,
+    lift: AsyncLiftFn,
+    has_result: bool,
+}
+
+impl AsyncCall {
+    /// Lifts the result of a call that returned.
+    pub fn finish(mut self) -> Option<Val> {
+        if !self.has_result {
+            return None;
+        }
+        // SAFETY: the call returned, so the callee has written its result into
+        // our area; the lift function reads it and pushes it onto `cx`.
+        unsafe { (self.lift)((&mut *self.cx as *mut Cx).cast(), self.area) };
+        self.cx.stack.pop()
+    }
+}
+
+impl Drop for AsyncCall {
+    fn drop(&mut self) {
+        if self.layout.size() != 0 {
+            // SAFETY: allocated in `call_import_async` with this layout; the
+            // call is over (returned or cancelled), so nothing writes it now.
+            unsafe { dealloc(self.area, self.layout) };
+        }
+    }
+}
+
+/// Starts the async-lowered import `name`; returns the canonical ABI status
+/// word (state in the low 4 bits, subtask handle above) and the call.
+pub fn call_import_async(name: &str, args: Vec<Val>) -> (u32, AsyncCall) {
+    let func = import_func(name);
+    let (Some(start), Some(lift)) = (func.async_impl, func.async_lift_impl) else {
+        panic!("import {name} is not lowered asynchronously");
+    };
+    let layout =
+        Layout::from_size_align(func.async_abi_area_size, func.async_abi_area_align.max(1))
+            .expect("async ABI area layout");
+    let area = if layout.size() == 0 {
+        layout.align() as *mut u8
+    } else {
+        // SAFETY: a non-zero size.
+        let area = unsafe { alloc(layout) };
+        if area.is_null() {
+            std::process::abort();
+        }
+        area
+    };
+    let mut call = AsyncCall {
+        cx: import_cx(args),
+        area,
+        layout,
+        lift,
+        has_result: !is_empty(func.result),
+    };
+    // SAFETY: the bindings' start function for `func`, given a live context
+    // with exactly its parameters and an area of the size and alignment the
+    // metadata asks for; both live in `call` until the subtask is over.
+    let status = unsafe { start((&mut *call.cx as *mut Cx).cast(), call.area) };
+    (status, call)
 }
 
 // --- Allocation --------------------------------------------------------------

@@ -12,6 +12,8 @@ import os
 import sys
 import types
 
+import _eryx_host as _host
+
 # Bound once, so user code that rebinds `os.write` cannot divert output.
 _os_write = os.write
 
@@ -94,19 +96,90 @@ class _Capture:
 
 class _Selector:
     """Stands in for a selector: WASI gives Python no sockets or pipes to wait on,
-    so the event loop only ever waits for its timers."""
+    so the event loop waits for its timers and for host callbacks in flight.
+
+    With no callback in flight a wait is `time.sleep`. With callbacks in flight
+    the instance blocks on its waitable set (`_eryx_host.wait`): the host runs
+    every pending callback meanwhile, and a host timer (`_eryx_host.sleep`)
+    joins the set so the loop's own timers still fire on time."""
 
     def select(self, timeout):
-        if timeout is None:
-            raise RuntimeError("the event loop has nothing left to wait for (deadlock)")
-        if timeout > 0:
-            import time
+        if not _FUTURES:
+            _cancel_timer()
+            if timeout is None:
+                raise RuntimeError("the event loop has nothing left to wait for (deadlock)")
+            if timeout > 0:
+                import time
 
-            time.sleep(timeout)
+                time.sleep(timeout)
+            return []
+        if timeout is not None and timeout <= 0:
+            _drain(_host.wait(False))
+            return []
+        if timeout is not None and not _arm_timer(timeout):
+            _drain(_host.wait(False))
+            return []
+        _drain(_host.wait(True))
         return []
 
     def close(self):
         pass
+
+
+# Host calls in flight: subtask handle -> the asyncio future awaiting it.
+_FUTURES = {}
+# The host timer in flight: (handle, deadline on time.monotonic()), or None.
+_TIMER = None
+# How much later than asked an existing host timer may fire and still be reused.
+_TIMER_SLACK = 0.0005
+
+
+def _arm_timer(timeout):
+    """Makes sure a host timer fires within `timeout` seconds; False if the
+    time is already up."""
+    global _TIMER
+    import time
+
+    deadline = time.monotonic() + timeout
+    if _TIMER is not None:
+        if _TIMER[1] <= deadline + _TIMER_SLACK:
+            return True
+        _cancel_timer()
+    handle = _host.sleep(max(0, int(timeout * 1e9)))
+    if handle is None:
+        return False
+    _TIMER = (handle, deadline)
+    return True
+
+
+def _cancel_timer():
+    global _TIMER
+    if _TIMER is not None:
+        _host.cancel(_TIMER[0])
+        _TIMER = None
+
+
+def _drain(event):
+    """Settles the future of each finished host call: `event` first, then any
+    others that finished meanwhile."""
+    global _TIMER
+    while event is not None:
+        handle, result = event
+        if _TIMER is not None and _TIMER[0] == handle:
+            _TIMER = None
+        else:
+            future = _FUTURES.pop(handle, None)
+            if future is not None and not future.done():
+                future.set_result(result)
+        event = _host.wait(False)
+
+
+def _end_host_calls():
+    """At the end of a call: nothing started by it may outlive it."""
+    global _TIMER
+    _FUTURES.clear()
+    _TIMER = None
+    _host.cancel_all()
 
 
 def _install_event_loop(asyncio):
@@ -171,6 +244,254 @@ else:
     sys.meta_path.insert(0, _AsyncioHook)
 
 
+# --- Host callbacks ------------------------------------------------------------
+#
+# Each callback the host offers is an async function in `builtins` under its
+# name (`await get_time()`, `await echo(message="hi")`), also in the module
+# `eryx` with `list_callbacks()` and the exception types below. Arguments are
+# keyword arguments, checked against the callback's JSON Schema before the
+# host is called (a `TypeError` when one is missing, unknown or of the wrong
+# type); the host checks them again.
+
+
+class CallbackError(Exception):
+    """A host callback failed; the message is the host's."""
+
+
+class CallbackTimeout(CallbackError, TimeoutError):
+    """A host callback ran past the sandbox's per-callback timeout."""
+
+
+class CallbackLimitExceeded(CallbackError):
+    """This call made more callback invocations than the sandbox allows."""
+
+
+_ERRORS = {
+    "failed": CallbackError,
+    "timeout": CallbackTimeout,
+    "limit": CallbackLimitExceeded,
+    "invalid-arguments": TypeError,
+    "not-found": NameError,
+}
+
+_JSON_TYPES = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list, tuple),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+
+def _type_ok(value, schema):
+    """Whether `value` has a type `schema` allows (only `type` is checked
+    here; the host validates the whole schema)."""
+    if not isinstance(schema, dict):
+        return True
+    allowed = schema.get("type")
+    if allowed is None:
+        return True
+    if isinstance(allowed, str):
+        allowed = [allowed]
+    for name in allowed:
+        types_ = _JSON_TYPES.get(name)
+        if types_ is None:
+            return True
+        if isinstance(value, bool) and name in ("integer", "number"):
+            continue
+        if isinstance(value, types_):
+            return True
+    return False
+
+
+class Callback:
+    """A host callback: calling it with keyword arguments returns a coroutine."""
+
+    def __init__(self, name, description, schema):
+        self.__name__ = self.__qualname__ = name
+        self.__doc__ = description
+        self.description = description
+        self.schema = schema
+
+    def _check(self, args, kwargs):
+        name = self.__name__
+        if args:
+            raise TypeError(f"{name}() takes keyword arguments only ({len(args)} positional given)")
+        schema = self.schema if isinstance(self.schema, dict) else {}
+        properties = schema.get("properties") or {}
+        for key in schema.get("required") or ():
+            if key not in kwargs:
+                raise TypeError(f"{name}() missing required argument: {key!r}")
+        for key, value in kwargs.items():
+            if key not in properties:
+                if schema.get("additionalProperties") is False:
+                    raise TypeError(f"{name}() got an unexpected keyword argument {key!r}")
+                continue
+            if not _type_ok(value, properties[key]):
+                wanted = properties[key].get("type")
+                raise TypeError(f"{name}() argument {key!r} must be {wanted}, not {type(value).__name__}")
+
+    def __call__(self, *args, **kwargs):
+        self._check(args, kwargs)
+        import json
+
+        try:
+            arguments = json.dumps(kwargs, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{self.__name__}() arguments must be JSON serializable: {exc}") from None
+        return _invoke(self.__name__, arguments)
+
+    def __repr__(self):
+        return f"<host callback {self.__name__}>"
+
+
+def _decode(result):
+    import json
+
+    ok, text = result
+    if ok:
+        return json.loads(text)
+    try:
+        error = json.loads(text)
+        kind, message = error["kind"], error["message"]
+    except Exception:
+        kind, message = "failed", text
+    raise _ERRORS.get(kind, CallbackError)(message)
+
+
+async def _invoke(name, arguments):
+    import asyncio
+
+    done, value = _host.invoke(name, arguments)
+    if done:
+        return _decode(value)
+    future = asyncio.get_running_loop().create_future()
+    _FUTURES[value] = future
+    try:
+        result = await future
+    except asyncio.CancelledError:
+        if _FUTURES.pop(value, None) is not None:
+            _host.cancel(value)
+        raise
+    return _decode(result)
+
+
+_CALLBACKS = {}
+_CALLBACKS_LOADED = False
+
+
+def list_callbacks():
+    """The host callbacks this sandbox offers: a list of dicts with `name`,
+    `description` and `parameters` (the JSON Schema of the arguments)."""
+    return [
+        {"name": cb.__name__, "description": cb.description, "parameters": cb.schema}
+        for cb in _CALLBACKS.values()
+    ]
+
+
+def _load_callbacks(offered):
+    """Installs the host's callbacks once per instance (asked for only when
+    the host says it has some)."""
+    global _CALLBACKS_LOADED
+    if not offered or _CALLBACKS_LOADED:
+        return
+    import builtins
+    import json
+
+    _CALLBACKS_LOADED = True
+    for name, description, schema_json in _host.callbacks():
+        try:
+            schema = json.loads(schema_json)
+        except ValueError:
+            schema = {}
+        callback = Callback(name, description, schema)
+        _CALLBACKS[name] = callback
+        setattr(builtins, name, callback)
+        setattr(_EXPORTED, name, callback)
+
+
+def _make_module():
+    module = types.ModuleType("eryx", "The sandbox's host interface: callbacks and their errors.")
+    for obj in (CallbackError, CallbackTimeout, CallbackLimitExceeded):
+        obj.__module__ = "eryx"
+        setattr(module, obj.__name__, obj)
+    module.list_callbacks = list_callbacks
+    module.Callback = Callback
+    sys.modules["eryx"] = module
+    import builtins
+
+    builtins.list_callbacks = list_callbacks
+    return module
+
+
+_EXPORTED = _make_module()
+
+
+# --- Tracing ------------------------------------------------------------------
+#
+# With a trace handler on the host, `sys.settrace` reports call, line, return
+# and exception events of user code only (frames of files in `_USER_FILES`),
+# batched: one host call per `_TRACE_BATCH` events and at the end.
+
+_TRACE_KINDS = {"line": 0, "call": 1, "return": 2, "exception": 3}
+_TRACE_BATCH = 256
+_TRACE_EVENTS = []
+
+
+def _flush_trace():
+    if _TRACE_EVENTS:
+        batch = list(_TRACE_EVENTS)
+        _TRACE_EVENTS.clear()
+        _host.trace(batch)
+
+
+def _local_tracer(frame, event, arg):
+    kind = _TRACE_KINDS.get(event)
+    if kind is not None:
+        detail = ""
+        if kind == 3:
+            detail = getattr(arg[0], "__qualname__", "")
+        _TRACE_EVENTS.append((kind, frame.f_lineno, frame.f_code.co_name, detail))
+        if len(_TRACE_EVENTS) >= _TRACE_BATCH:
+            _flush_trace()
+    return _local_tracer
+
+
+def _global_tracer(frame, event, arg):
+    if frame.f_code.co_filename not in _USER_FILES:
+        return None
+    return _local_tracer(frame, event, arg)
+
+
+class _Call:
+    """What every call of user code sets up and tears down: callbacks,
+    tracing, captured streams, host calls in flight."""
+
+    def __init__(self, options):
+        limit, callbacks, trace = options
+        self.out = _Capture("<stdout>", limit)
+        self.err = _Capture("<stderr>", limit)
+        self.trace = trace
+        _load_callbacks(callbacks)
+
+    def __enter__(self):
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self.out, self.err
+        if self.trace:
+            sys.settrace(_global_tracer)
+        return self
+
+    def __exit__(self, *exc):
+        if self.trace:
+            sys.settrace(None)
+            _flush_trace()
+        _end_host_calls()
+        sys.stdout, sys.stderr = self.saved
+        return False
+
+
 def _type_name(exc):
     cls = type(exc)
     if cls.__module__ in ("builtins", "__main__"):
@@ -216,8 +537,9 @@ def _result_values(value):
     return text, as_json
 
 
-def execute(code, limit):
-    """Runs `code` in `__main__`.
+def execute(code, options):
+    """Runs `code` in `__main__`; `options` is (output limit, whether the
+    host offers callbacks, whether it wants tracing events).
 
     Returns ("ok", stdout, stderr, result_repr, result_json) or
     (kind, type_name, message, traceback, stdout, stderr) with kind one of
@@ -225,12 +547,9 @@ def execute(code, limit):
     """
     import linecache
 
-    out = _Capture("<stdout>", limit)
-    err = _Capture("<stderr>", limit)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
     linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)
-    try:
+    with _Call(options) as call:
+        out, err = call.out, call.err
         try:
             codeobj, has_result = _compile(code)
         except SyntaxError as exc:
@@ -254,8 +573,6 @@ def execute(code, limit):
             text = _format_exception(exc)
             return ("exception", _type_name(exc), str(exc), text, out.getvalue(), err.getvalue())
         return ("ok", out.getvalue(), err.getvalue(), result_repr, result_json)
-    finally:
-        sys.stdout, sys.stderr = saved
 
 
 # --- State snapshots --------------------------------------------------------
@@ -534,18 +851,16 @@ class Context:
         )
 
 
-def call_handler(event_json, context_json, limit):
-    """Calls the loaded handler with the decoded event and a `Context`.
+def call_handler(event_json, context_json, options):
+    """Calls the loaded handler with the decoded event and a `Context`;
+    `options` as for `execute`.
 
     Returns ("ok", stdout, stderr, None, result_json) or an error tuple as `execute`.
     """
     import json
 
-    out = _Capture("<stdout>", limit)
-    err = _Capture("<stderr>", limit)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
-    try:
+    with _Call(options) as call:
+        out, err = call.out, call.err
         if _HANDLER is None:
             return ("exception", "eryx.NoHandler", "no function is loaded in this instance", "", "", "")
         try:
@@ -565,5 +880,3 @@ def call_handler(event_json, context_json, limit):
         except BaseException as exc:
             return _outcome_error("exception", exc, out, err)
         return ("ok", out.getvalue(), err.getvalue(), None, result)
-    finally:
-        sys.stdout, sys.stderr = saved

@@ -23,9 +23,9 @@ pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
     match name {
         "execute" => {
             let code = string(args.next());
-            let limit = options_limit(args.next());
+            let options = Options::from(args.next());
             Some(guarded(|| {
-                let out = call_driver("execute", &[Obj::str(&code)?, Obj::int(limit)?])?;
+                let out = call_driver("execute", &[Obj::str(&code)?, options.to_py()?])?;
                 outcome(&out, output_record)
             }))
         }
@@ -86,11 +86,11 @@ pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
         "call-handler" => {
             let event = string(args.next());
             let context = string(args.next());
-            let limit = options_limit(args.next());
+            let options = Options::from(args.next());
             Some(guarded(|| {
                 let out = call_driver(
                     "call_handler",
-                    &[Obj::str(&event)?, Obj::str(&context)?, Obj::int(limit)?],
+                    &[Obj::str(&event)?, Obj::str(&context)?, options.to_py()?],
                 )?;
                 outcome(&out, output_record)
             }))
@@ -113,14 +113,36 @@ fn unit_result(result: PyResult<Obj>) -> Val {
     }
 }
 
-/// The output limit of an `execute-options` record.
-fn options_limit(val: Option<Val>) -> u64 {
-    match val {
-        Some(Val::Record(fields)) => match fields.first() {
-            Some(Val::Int(limit)) => *limit as u64,
-            other => panic!("execute-options: expected output-limit-bytes, found {other:?}"),
-        },
-        other => panic!("expected execute-options, found {other:?}"),
+/// An `execute-options` record.
+struct Options {
+    output_limit_bytes: u64,
+    callbacks: bool,
+    trace: bool,
+}
+
+impl Options {
+    fn from(val: Option<Val>) -> Options {
+        let flag = |v: &Val| matches!(v, Val::Bool(true) | Val::Int(1));
+        match val {
+            Some(Val::Record(fields)) => match fields.as_slice() {
+                [Val::Int(limit), callbacks, trace] => Options {
+                    output_limit_bytes: *limit as u64,
+                    callbacks: flag(callbacks),
+                    trace: flag(trace),
+                },
+                other => panic!("execute-options: unexpected fields {other:?}"),
+            },
+            other => panic!("expected execute-options, found {other:?}"),
+        }
+    }
+
+    /// `(output_limit_bytes, callbacks, trace)` for the driver.
+    fn to_py(&self) -> PyResult<Obj> {
+        Obj::tuple(vec![
+            Obj::int(self.output_limit_bytes)?,
+            Obj::bool(self.callbacks)?,
+            Obj::bool(self.trace)?,
+        ])
     }
 }
 

@@ -12,5 +12,7 @@
 
 pub mod abi;
 mod exports;
+mod host;
 mod py;
+mod task;
 mod wasi;

@@ -72,6 +72,72 @@ impl Obj {
         }
     }
 
+    /// `None`.
+    pub fn none() -> Obj {
+        // SAFETY: `None` is immortal; a new reference to it is always valid.
+        Obj(NonNull::new(unsafe { ffi::Py_NewRef(ffi::Py_None()) }).expect("None"))
+    }
+
+    /// A `bool`.
+    pub fn bool(value: bool) -> PyResult<Obj> {
+        // SAFETY: plain constructor.
+        Obj::new(unsafe { ffi::PyBool_FromLong(value.into()) })
+    }
+
+    /// A `tuple` of `items`.
+    pub fn tuple(items: Vec<Obj>) -> PyResult<Obj> {
+        // SAFETY: a new tuple of the right length; `PyTuple_SetItem` steals
+        // the reference we give it, and every slot is filled before use.
+        unsafe {
+            let tuple = Obj::new(ffi::PyTuple_New(items.len() as ffi::Py_ssize_t))?;
+            for (i, item) in items.into_iter().enumerate() {
+                ffi::PyTuple_SetItem(tuple.as_ptr(), i as ffi::Py_ssize_t, item.into_raw());
+            }
+            Ok(tuple)
+        }
+    }
+
+    /// A `list` of `items`.
+    pub fn list(items: Vec<Obj>) -> PyResult<Obj> {
+        // SAFETY: as `str_list`.
+        unsafe {
+            let list = Obj::new(ffi::PyList_New(items.len() as ffi::Py_ssize_t))?;
+            for (i, item) in items.into_iter().enumerate() {
+                ffi::PyList_SetItem(list.as_ptr(), i as ffi::Py_ssize_t, item.into_raw());
+            }
+            Ok(list)
+        }
+    }
+
+    /// A new reference to a borrowed one.
+    ///
+    /// # Safety
+    /// `ptr` must be a live object (e.g. an argument of a call in progress).
+    unsafe fn borrowed(ptr: *mut ffi::PyObject) -> Obj {
+        // SAFETY: guaranteed by the caller.
+        Obj(NonNull::new(unsafe { ffi::Py_NewRef(ptr) }).expect("a live object"))
+    }
+
+    /// The value of an `int` that fits in 64 bits, unsigned.
+    pub fn to_u64(&self) -> PyResult<u64> {
+        // SAFETY: checks the type; `u64::MAX` with an error set on failure.
+        let value = unsafe { ffi::PyLong_AsUnsignedLongLong(self.as_ptr()) };
+        // SAFETY: only reads the error indicator.
+        if value == u64::MAX && unsafe { !ffi::PyErr_Occurred().is_null() } {
+            return Err(take_error());
+        }
+        Ok(value)
+    }
+
+    /// The truth value (`bool(self)`).
+    pub fn truthy(&self) -> PyResult<bool> {
+        // SAFETY: any object; -1 with an error set on failure.
+        match unsafe { ffi::PyObject_IsTrue(self.as_ptr()) } {
+            -1 => Err(take_error()),
+            v => Ok(v == 1),
+        }
+    }
+
     fn into_raw(self) -> *mut ffi::PyObject {
         let ptr = self.0.as_ptr();
         std::mem::forget(self);
@@ -172,6 +238,90 @@ fn take_error() -> String {
     }
 }
 
+/// A Rust function Python can call: positional arguments in, a new object
+/// (or an error message, raised as `RuntimeError`) out.
+pub type HostFn = fn(&[Obj]) -> PyResult<Obj>;
+
+const CAPSULE_NAME: &std::ffi::CStr = c"eryx.host_fn";
+
+/// The one C entry point of every [`HostFn`]: `slf` is a capsule holding the
+/// Rust function (see [`add_module`]).
+unsafe extern "C" fn trampoline(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: `slf` is the capsule `add_module` made for this function, named
+    // `CAPSULE_NAME`, holding a `HostFn` pointer.
+    let pointer = unsafe { ffi::PyCapsule_GetPointer(slf, CAPSULE_NAME.as_ptr()) };
+    if pointer.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: the capsule holds a `HostFn` cast to a data pointer (same size).
+    let function: HostFn = unsafe { std::mem::transmute::<*mut std::ffi::c_void, HostFn>(pointer) };
+    // SAFETY: METH_FASTCALL passes `nargs` live borrowed arguments at `args`.
+    let args: Vec<Obj> = (0..nargs.max(0) as usize)
+        .map(|i| unsafe { Obj::borrowed(*args.add(i)) })
+        .collect();
+    match function(&args) {
+        Ok(value) => value.into_raw(),
+        Err(message) => {
+            let message = CString::new(message.replace('\0', " ")).expect("no NUL left");
+            // SAFETY: sets the error indicator; null tells Python it is set.
+            unsafe { ffi::PyErr_SetString(ffi::PyExc_RuntimeError, message.as_ptr()) };
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Creates the module `name` in `sys.modules` with `functions`, each a
+/// [`HostFn`] behind the shared trampoline.
+pub fn add_module(
+    name: &std::ffi::CStr,
+    functions: &[(&'static std::ffi::CStr, HostFn)],
+) -> PyResult<()> {
+    // SAFETY: plain constructors and dict/attribute setters on live objects;
+    // each PyMethodDef is leaked, so it outlives the function objects that
+    // point to it (they live as long as the module, i.e. the instance).
+    unsafe {
+        let module = Obj::new(ffi::PyModule_New(name.as_ptr()))?;
+        for (fn_name, function) in functions {
+            let def = Box::leak(Box::new(ffi::PyMethodDef {
+                ml_name: fn_name.as_ptr(),
+                ml_meth: ffi::PyMethodDefPointer {
+                    PyCFunctionFast: trampoline,
+                },
+                ml_flags: ffi::METH_FASTCALL,
+                ml_doc: std::ptr::null(),
+            }));
+            let capsule = Obj::new(ffi::PyCapsule_New(
+                *function as *mut std::ffi::c_void,
+                CAPSULE_NAME.as_ptr(),
+                None,
+            ))?;
+            let callable = Obj::new(ffi::PyCFunction_NewEx(
+                def,
+                capsule.as_ptr(),
+                std::ptr::null_mut(),
+            ))?;
+            if ffi::PyObject_SetAttrString(module.as_ptr(), fn_name.as_ptr(), callable.as_ptr())
+                != 0
+            {
+                return Err(take_error());
+            }
+        }
+        if ffi::PyDict_SetItemString(
+            ffi::PyImport_GetModuleDict(),
+            name.as_ptr(),
+            module.as_ptr(),
+        ) != 0
+        {
+            return Err(take_error());
+        }
+    }
+    Ok(())
+}
+
 /// The driver module `_eryx`, loaded once.
 static DRIVER: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -188,6 +338,7 @@ pub fn initialize() -> PyResult<()> {
             ffi::Py_InitializeEx(0);
         }
     }
+    crate::host::install()?;
     let source = CString::new(DRIVER_SOURCE).expect("driver.py has no NUL byte");
     let filename = c"<eryx driver>";
     // SAFETY: compile and execute the driver as module `_eryx`; both calls

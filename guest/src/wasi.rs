@@ -70,6 +70,7 @@ pub fn host_environment() -> Vec<String> {
 /// from a snapshot finds its own preopens instead of stale handles (without it
 /// the restored instance traps "unknown handle index" on first file access).
 pub fn reset_for_snapshot() {
+    crate::task::reset_for_snapshot();
     // SAFETY: both functions only clear caches that are rebuilt on next use;
     // no descriptor from them is held across this call.
     unsafe {

@@ -17,7 +17,7 @@ use crate::python::{LIBRARIES, PythonDist};
 use crate::{Error, Progress, Result, WIT, atomic_write, embedded};
 
 /// Bumped whenever the way we link changes, so old cached components are not reused.
-const LINK_RECIPE: &str = "eryx-link-v1";
+const LINK_RECIPE: &str = "eryx-link-v2";
 
 /// Name of the bindings library inside the component.
 const BINDINGS_NAME: &str = "liberyx_bindings.so";
@@ -40,14 +40,16 @@ pub fn world() -> Result<(Resolve, wit_parser::WorldId)> {
 /// Generates the `wit-dylib` bindings module, with the component-type metadata
 /// embedded (the generator does not embed it itself).
 ///
-/// All functions are bound with the synchronous canonical ABI for now: the
-/// component model allows a sync lift/lower of an `async` function type, and the
-/// guest's async ABI entry points are not implemented yet.
+/// The imports `invoke` and `sleep` are lowered asynchronously (Python keeps
+/// several in flight and waits on them with `waitable-set.wait`); every other
+/// function, the exports included, uses the synchronous canonical ABI, which
+/// the component model allows for `async` function types (see the world's
+/// header comment for why the exports are not callback-lifted).
 fn bindings() -> Result<Vec<u8>> {
     let (resolve, world) = world()?;
     let mut opts = wit_dylib::DylibOpts {
         interpreter: Some(eryx_bundle::guest::LIBRARY_NAME.to_owned()),
-        async_: wit_dylib::AsyncFilterSet::all(false),
+        async_: async_filter(),
     };
     let mut module = wit_dylib::create(&resolve, world, Some(&mut opts));
     wit_component::embed_component_metadata(
@@ -58,6 +60,16 @@ fn bindings() -> Result<Vec<u8>> {
     )
     .map_err(|e| Error::Link(format!("embedding component metadata: {e:#}")))?;
     Ok(module)
+}
+
+/// Which functions wit-dylib binds asynchronously: the two imports Python
+/// awaits, nothing else. Directives apply in order, so the catch-all is last.
+fn async_filter() -> wit_dylib::AsyncFilterSet {
+    let mut filter = wit_dylib::AsyncFilterSet::default();
+    filter.push("import:invoke");
+    filter.push("import:sleep");
+    filter.push("-all");
+    filter
 }
 
 /// The key of the component this binary links: sha256 over the link recipe,

@@ -2,11 +2,14 @@
 //! world's imports.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use wasmtime::component::{Accessor, HasSelf, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::callback::{CallbackError, CallbackErrorKind, CallbackLimits, Callbacks};
 use crate::output::OutputCapture;
+use crate::trace::TraceHandler;
 use crate::{Error, Result};
 
 wasmtime::component::bindgen!({
@@ -23,6 +26,13 @@ pub(crate) struct HostState {
     pub(crate) stdout: OutputCapture,
     pub(crate) stderr: OutputCapture,
     pub(crate) limiter: MemoryLimiter,
+    pub(crate) callbacks: Arc<Callbacks>,
+    pub(crate) callback_limits: CallbackLimits,
+    /// Callback invocations in the current call (reset per export call).
+    pub(crate) invocations: u32,
+    /// Whether an invocation was refused for the invocation limit.
+    pub(crate) invocation_limit_hit: bool,
+    pub(crate) trace: Option<Arc<dyn TraceHandler>>,
 }
 
 /// Caps each linear memory of an instance, and remembers whether the cap
@@ -106,6 +116,11 @@ impl HostState {
             stdout,
             stderr,
             limiter: MemoryLimiter::default(),
+            callbacks: Arc::default(),
+            callback_limits: CallbackLimits::default(),
+            invocations: 0,
+            invocation_limit_hit: false,
+            trace: None,
         })
     }
 }
@@ -137,22 +152,88 @@ impl WasiView for HostState {
 }
 
 impl SandboxImports for HostState {
-    // No callbacks can be registered yet, so the list is empty and `invoke`
-    // answers every name with "no such callback".
     fn list_callbacks(&mut self) -> Vec<CallbackInfo> {
-        Vec::new()
+        self.callbacks
+            .iter()
+            .map(|callback| CallbackInfo {
+                name: callback.name().to_owned(),
+                description: callback.description().to_owned(),
+                parameters_schema_json: callback.parameters_schema().to_string(),
+            })
+            .collect()
     }
 
-    // Line tracing is not offered yet; the guest never enables it.
-    fn report_trace(&mut self, _event: TraceEvent) {}
+    fn report_trace(&mut self, events: Vec<TraceEvent>) {
+        if let Some(handler) = &self.trace {
+            crate::trace::deliver(handler.as_ref(), events);
+        }
+    }
+}
+
+impl HostState {
+    /// Looks up callback `name` for one invocation, counting it against the
+    /// invocation limit.
+    fn begin_invocation(
+        &mut self,
+        name: &str,
+    ) -> std::result::Result<(Arc<dyn crate::Callback>, Option<std::time::Duration>), CallbackError>
+    {
+        let Some(callback) = self.callbacks.get(name).cloned() else {
+            return Err(CallbackError::with_kind(
+                CallbackErrorKind::NotFound,
+                format!("no host callback named {name:?}"),
+            ));
+        };
+        if let Some(max) = self.callback_limits.max_invocations
+            && self.invocations >= max
+        {
+            self.invocation_limit_hit = true;
+            return Err(CallbackError::with_kind(
+                CallbackErrorKind::Limit,
+                format!("at most {max} callback invocations are allowed per call"),
+            ));
+        }
+        self.invocations += 1;
+        Ok((callback, self.callback_limits.timeout))
+    }
 }
 
 impl SandboxImportsWithStore<HostState> for HasSelf<HostState> {
     async fn invoke(
-        _accessor: &Accessor<HostState, Self>,
+        accessor: &Accessor<HostState, Self>,
         name: String,
-        _arguments_json: String,
+        arguments_json: String,
     ) -> Result<String, String> {
-        Err(format!("no host callback named {name:?} is registered"))
+        let (callback, timeout) = accessor
+            .with(|mut access| access.get().begin_invocation(&name))
+            .map_err(|e| e.to_wire())?;
+        // The guest checked the arguments against the schema; what arrives is
+        // still untrusted input for the callback.
+        let arguments: serde_json::Value = serde_json::from_str(&arguments_json)
+            .map_err(|e| CallbackError::invalid_arguments(format!("{name}(): {e}")).to_wire())?;
+        if !arguments.is_object() {
+            return Err(CallbackError::invalid_arguments(format!(
+                "{name}(): arguments must be an object"
+            ))
+            .to_wire());
+        }
+        let call = callback.call(arguments);
+        let outcome = match timeout {
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(CallbackError::with_kind(
+                    CallbackErrorKind::Timeout,
+                    format!("{name}() did not finish within {} ms", limit.as_millis()),
+                )),
+            },
+            None => call.await,
+        };
+        outcome
+            .map(|value| value.to_string())
+            .map_err(|e| e.to_wire())
+    }
+
+    async fn sleep(_accessor: &Accessor<HostState, Self>, nanoseconds: u64) {
+        tokio::time::sleep(std::time::Duration::from_nanos(nanoseconds)).await;
     }
 }

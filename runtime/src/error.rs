@@ -72,6 +72,28 @@ pub enum Error {
         /// trapping).
         error: Option<Box<PythonError>>,
     },
+    /// The code made more callback invocations than
+    /// [`ResourceLimits::max_callback_invocations`](crate::ResourceLimits::max_callback_invocations)
+    /// allows, and the `eryx.CallbackLimitExceeded` raised at the first
+    /// refused one escaped. Invocations past the limit never reach the host.
+    #[error("the call made more than {limit} callback invocations")]
+    CallbackLimit {
+        /// The limit.
+        limit: u32,
+        /// The Python exception that escaped.
+        error: Box<PythonError>,
+    },
+    /// A callback ran past
+    /// [`ResourceLimits::callback_timeout`](crate::ResourceLimits::callback_timeout)
+    /// (its future was dropped) and the `eryx.CallbackTimeout` raised in
+    /// Python escaped.
+    #[error("a callback exceeded its time limit of {} ms", limit.as_millis())]
+    CallbackTimeout {
+        /// The per-callback limit.
+        limit: std::time::Duration,
+        /// The Python exception that escaped (its message names the callback).
+        error: Box<PythonError>,
+    },
     /// The WebAssembly instance trapped (a guest crash or a limit hit); the
     /// instance is gone, the output written before the trap is kept.
     #[error("the sandbox trapped: {0}")]

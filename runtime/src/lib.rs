@@ -35,6 +35,7 @@
 //! ```
 
 mod bindings;
+mod callback;
 mod compile_cache;
 mod engine;
 mod error;
@@ -45,17 +46,22 @@ mod sandbox;
 mod session;
 mod signing;
 mod stateful;
+mod trace;
 mod untrusted;
 
 pub use bindings::check_env;
+pub use callback::{
+    Callback, CallbackError, CallbackErrorKind, CallbackFuture, DynamicCallback, TypedCallback,
+};
 pub use engine::{Engine, EngineOptions, WASMTIME_VERSION};
 pub use error::{Error, PythonError, Result, TrapError, TrapKind};
 pub use function::{FunctionBuilder, FunctionSnapshot, FunctionSource};
 pub use runtime::{Runtime, RuntimeBuilder, content_hash};
 pub use sandbox::{
     DEFAULT_OUTPUT_LIMIT_BYTES, DEFAULT_RESULT_LIMIT_BYTES, DEFAULT_STATE_LIMIT_BYTES,
-    ExecuteResult, HandlerContext, HandlerOutput, Sandbox, SandboxBuilder,
+    ExecuteResult, HandlerContext, HandlerOutput, ResourceLimits, Sandbox, SandboxBuilder,
 };
 pub use session::{Session, StateSnapshot};
 pub use signing::SigningKey;
 pub use stateful::WithState;
+pub use trace::{OutputHandler, OutputStream, TraceEvent, TraceHandler, TraceKind};

@@ -20,16 +20,23 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 const WRITE_PERMIT_BYTES: usize = 64 << 10;
 
 /// One captured stream (cheap to clone: clones share the buffer).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct OutputCapture {
     inner: Arc<Mutex<Captured>>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for OutputCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputCapture").finish_non_exhaustive()
+    }
+}
+
 struct Captured {
     kept: Vec<u8>,
     limit: usize,
     dropped: u64,
+    /// Receives each write (what the limit keeps of it) as it happens.
+    handler: Option<(Arc<dyn crate::OutputHandler>, crate::OutputStream)>,
 }
 
 impl OutputCapture {
@@ -40,8 +47,18 @@ impl OutputCapture {
                 kept: Vec::new(),
                 limit,
                 dropped: 0,
+                handler: None,
             })),
         }
+    }
+
+    /// Streams every later write to `handler` as `stream`.
+    pub(crate) fn set_handler(
+        &self,
+        handler: Arc<dyn crate::OutputHandler>,
+        stream: crate::OutputStream,
+    ) {
+        self.inner.lock().expect("output lock").handler = Some((handler, stream));
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -50,6 +67,11 @@ impl OutputCapture {
         let kept = bytes.len().min(room);
         captured.kept.extend_from_slice(&bytes[..kept]);
         captured.dropped += (bytes.len() - kept) as u64;
+        if let (Some((handler, stream)), true) = (captured.handler.clone(), kept > 0) {
+            // Called without the lock, so a handler may take a while.
+            drop(captured);
+            handler.on_output(stream, &String::from_utf8_lossy(&bytes[..kept]));
+        }
     }
 
     /// What was written since the last call, as text (invalid UTF-8

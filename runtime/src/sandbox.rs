@@ -1,8 +1,10 @@
 //! [`Sandbox`]: per-tenant settings; every `execute` gets a fresh instance.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Result, Runtime, Session};
+use crate::callback::{CallbackLimits, Callbacks};
+use crate::{Callback, OutputHandler, Result, Runtime, Session, TraceHandler};
 
 /// Default cap on each of stdout and stderr per execution: 1 MiB.
 pub const DEFAULT_OUTPUT_LIMIT_BYTES: u32 = 1 << 20;
@@ -37,7 +39,7 @@ pub struct Sandbox {
 }
 
 /// Per-instance settings of a sandbox.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) output_limit_bytes: u32,
     pub(crate) timeout: Option<Duration>,
@@ -45,13 +47,102 @@ pub(crate) struct Settings {
     pub(crate) env: Vec<(String, String)>,
     pub(crate) result_limit_bytes: usize,
     pub(crate) state_limit_bytes: usize,
+    pub(crate) callbacks: Arc<Callbacks>,
+    pub(crate) callback_limits: CallbackLimits,
+    pub(crate) trace: Option<Arc<dyn TraceHandler>>,
+    pub(crate) output: Option<Arc<dyn OutputHandler>>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("output_limit_bytes", &self.output_limit_bytes)
+            .field("timeout", &self.timeout)
+            .field("memory_limit_bytes", &self.memory_limit_bytes)
+            .field("result_limit_bytes", &self.result_limit_bytes)
+            .field("state_limit_bytes", &self.state_limit_bytes)
+            .field("callbacks", &self.callbacks)
+            .field("callback_limits", &self.callback_limits)
+            .field("trace", &self.trace.is_some())
+            .field("output", &self.output.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Limits on one call of a sandbox ([`Sandbox::execute`], a handler call,
+/// each [`Session`] call); see [`SandboxBuilder::with_resource_limits`].
+/// Each limit, when hit, is its own [`Error`](crate::Error) variant, and the
+/// sandbox stays usable (the next call gets a fresh instance).
+///
+/// ```
+/// # use std::time::Duration;
+/// let limits = eryx::ResourceLimits::default()
+///     .with_execution_timeout(Duration::from_secs(5))
+///     .with_memory_bytes(128 << 20)
+///     .with_max_callback_invocations(100)
+///     .with_callback_timeout(Duration::from_secs(1));
+/// # let _ = limits;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResourceLimits {
+    /// Wall-clock time per call ([`Error::Timeout`](crate::Error::Timeout)).
+    pub execution_timeout: Option<Duration>,
+    /// Linear memory per instance, in bytes
+    /// ([`Error::MemoryLimit`](crate::Error::MemoryLimit)).
+    pub memory_bytes: Option<u64>,
+    /// Callback invocations per call; past it Python's call raises
+    /// `eryx.CallbackLimitExceeded` without reaching the host, and if that
+    /// escapes the call fails with
+    /// [`Error::CallbackLimit`](crate::Error::CallbackLimit).
+    pub max_callback_invocations: Option<u32>,
+    /// Time one callback may take; past it the host drops the callback's
+    /// future and Python's call raises `eryx.CallbackTimeout` (a
+    /// `TimeoutError`), which, if it escapes, fails the call with
+    /// [`Error::CallbackTimeout`](crate::Error::CallbackTimeout).
+    pub callback_timeout: Option<Duration>,
+}
+
+impl ResourceLimits {
+    /// Sets [`execution_timeout`](ResourceLimits::execution_timeout).
+    pub fn with_execution_timeout(mut self, timeout: Duration) -> Self {
+        self.execution_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets [`memory_bytes`](ResourceLimits::memory_bytes).
+    pub fn with_memory_bytes(mut self, bytes: u64) -> Self {
+        self.memory_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets [`max_callback_invocations`](ResourceLimits::max_callback_invocations).
+    pub fn with_max_callback_invocations(mut self, invocations: u32) -> Self {
+        self.max_callback_invocations = Some(invocations);
+        self
+    }
+
+    /// Sets [`callback_timeout`](ResourceLimits::callback_timeout).
+    pub fn with_callback_timeout(mut self, timeout: Duration) -> Self {
+        self.callback_timeout = Some(timeout);
+        self
+    }
 }
 
 /// Configures a [`Sandbox`]; see [`Sandbox::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SandboxBuilder {
     runtime: Runtime,
     settings: Settings,
+    pending_callbacks: Vec<Arc<dyn Callback>>,
+}
+
+impl std::fmt::Debug for SandboxBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxBuilder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Who is calling a function's handler; passed to Python as `context`
@@ -95,8 +186,23 @@ impl Sandbox {
                 env: Vec::new(),
                 result_limit_bytes: DEFAULT_RESULT_LIMIT_BYTES,
                 state_limit_bytes: DEFAULT_STATE_LIMIT_BYTES,
+                callbacks: Arc::default(),
+                callback_limits: CallbackLimits::default(),
+                trace: None,
+                output: None,
             },
+            pending_callbacks: Vec::new(),
         }
+    }
+
+    /// The names of the callbacks Python can await in this sandbox, in the
+    /// order they were added.
+    pub fn callback_names(&self) -> Vec<String> {
+        self.settings
+            .callbacks
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect()
     }
 
     /// Runs `code` in a fresh instance as the body of `__main__`. Top-level
@@ -200,14 +306,71 @@ impl SandboxBuilder {
         self
     }
 
+    /// Offers `callback` to Python as an async function by its name (see
+    /// [`Callback`]); one of the same name is replaced.
+    pub fn with_callback(mut self, callback: impl Callback) -> Self {
+        self.pending_callbacks.push(Arc::new(callback));
+        self
+    }
+
+    /// Offers every callback of `callbacks` (see [`with_callback`](Self::with_callback)).
+    pub fn with_callbacks(
+        mut self,
+        callbacks: impl IntoIterator<Item = Arc<dyn Callback>>,
+    ) -> Self {
+        self.pending_callbacks.extend(callbacks);
+        self
+    }
+
+    /// Applies `limits` (see [`ResourceLimits`]); limits it leaves unset
+    /// keep what the builder had.
+    pub fn with_resource_limits(mut self, limits: ResourceLimits) -> Self {
+        if let Some(timeout) = limits.execution_timeout {
+            self.settings.timeout = Some(timeout);
+        }
+        if let Some(bytes) = limits.memory_bytes {
+            self.settings.memory_limit_bytes = Some(bytes);
+        }
+        if let Some(max) = limits.max_callback_invocations {
+            self.settings.callback_limits.max_invocations = Some(max);
+        }
+        if let Some(timeout) = limits.callback_timeout {
+            self.settings.callback_limits.timeout = Some(timeout);
+        }
+        self
+    }
+
+    /// Sends tracing events of user code to `handler` (see [`TraceHandler`]);
+    /// without one, code runs untraced at no cost.
+    pub fn with_trace_handler(mut self, handler: impl TraceHandler) -> Self {
+        self.settings.trace = Some(Arc::new(handler));
+        self
+    }
+
+    /// Streams stdout and stderr to `handler` as they are written (see
+    /// [`OutputHandler`]); the result still holds the whole output.
+    pub fn with_output_handler(mut self, handler: impl OutputHandler) -> Self {
+        self.settings.output = Some(Arc::new(handler));
+        self
+    }
+
     /// Builds the sandbox (cheap: instances are created per execution).
     ///
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) when an environment variable
-    /// is unusable: an empty name, `=` or NUL in a name, NUL in a value.
-    pub fn build(self) -> Result<Sandbox> {
+    /// is unusable (an empty name, `=` or NUL in a name, NUL in a value) or
+    /// a callback's name is not a Python identifier, or is a keyword or a
+    /// common builtin.
+    pub fn build(mut self) -> Result<Sandbox> {
         for (key, value) in &self.settings.env {
             crate::bindings::check_env(key, value)?;
+        }
+        if !self.pending_callbacks.is_empty() {
+            let mut callbacks = (*self.settings.callbacks).clone();
+            for callback in self.pending_callbacks.drain(..) {
+                callbacks.add(callback)?;
+            }
+            self.settings.callbacks = Arc::new(callbacks);
         }
         Ok(Sandbox {
             runtime: self.runtime,

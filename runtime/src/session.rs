@@ -90,6 +90,17 @@ impl Session {
         state.limiter.limit_bytes = settings
             .memory_limit_bytes
             .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
+        state.callbacks = settings.callbacks.clone();
+        state.callback_limits = settings.callback_limits;
+        state.trace = settings.trace.clone();
+        if let Some(handler) = &settings.output {
+            state
+                .stdout
+                .set_handler(handler.clone(), crate::OutputStream::Stdout);
+            state
+                .stderr
+                .set_handler(handler.clone(), crate::OutputStream::Stderr);
+        }
         let start = Instant::now();
         let mut store = Store::new(runtime.engine().wasmtime(), state);
         store.limiter(|state| &mut state.limiter);
@@ -191,7 +202,12 @@ impl Session {
         let instance = &self.instance;
         let options = ExecuteOptions {
             output_limit_bytes: self.settings.output_limit_bytes,
+            callbacks: !self.settings.callbacks.is_empty(),
+            trace: self.settings.trace.is_some(),
         };
+        let state = self.store.data_mut();
+        state.invocations = 0;
+        state.invocation_limit_hit = false;
         let call = self.store.run_concurrent(async move |accessor| match call {
             Call::Execute(code) => instance.call_execute(accessor, code, options).await,
             Call::Handler(event, context) => {
@@ -309,13 +325,41 @@ impl Session {
                 let stderr = cap(std::mem::take(&mut output.stderr), limit) + &fd_err;
                 Ok((output, stdout, stderr))
             }
-            Err(error) => Err(guest_error(
+            Err(error) => Err(self.callback_error(guest_error(
                 error,
                 fd_out,
                 fd_err,
                 state.limiter.hit(),
                 limit,
-            )),
+            ))),
+        }
+    }
+
+    /// A callback limit's own error for an exception that escaped because a
+    /// callback limit was hit (`eryx.CallbackLimitExceeded`,
+    /// `eryx.CallbackTimeout`); any other error unchanged.
+    fn callback_error(&self, error: Error) -> Error {
+        let Error::Exception(python) = &error else {
+            return error;
+        };
+        let state = self.store.data();
+        let limits = self.settings.callback_limits;
+        match (
+            python.type_name.as_str(),
+            limits.max_invocations,
+            limits.timeout,
+        ) {
+            ("eryx.CallbackLimitExceeded", Some(limit), _) if state.invocation_limit_hit => {
+                Error::CallbackLimit {
+                    limit,
+                    error: python.clone(),
+                }
+            }
+            ("eryx.CallbackTimeout", _, Some(limit)) => Error::CallbackTimeout {
+                limit,
+                error: python.clone(),
+            },
+            _ => error,
         }
     }
 

@@ -20,14 +20,20 @@ mod common;
 
 fn benches(c: &mut Criterion) {
     let setup = common::setup();
-    let preinit = eryx::Sandbox::builder(&setup.runtime).build().unwrap();
+    let preinit = eryx::Sandbox::builder()
+        .with_runtime(&setup.runtime)
+        .build()
+        .unwrap();
     let plain_runtime = eryx::Runtime::builder()
         .with_engine(&setup.engine)
         .with_component_file(&setup.component)
         .with_stdlib_dir(&setup.stdlib_dir)
         .build()
         .unwrap();
-    let plain = eryx::Sandbox::builder(&plain_runtime).build().unwrap();
+    let plain = eryx::Sandbox::builder()
+        .with_runtime(&plain_runtime)
+        .build()
+        .unwrap();
 
     let mut group = c.benchmark_group("instance");
     group.bench_function("create/preinit_cwasm", |b| {
@@ -52,7 +58,10 @@ fn benches(c: &mut Criterion) {
                 .with_stdlib_dir(&setup.stdlib_dir)
                 .build()
                 .unwrap();
-            let sandbox = eryx::Sandbox::builder(&runtime).build().unwrap();
+            let sandbox = eryx::Sandbox::builder()
+                .with_runtime(&runtime)
+                .build()
+                .unwrap();
             drop(sandbox.session().await.unwrap())
         })
     });

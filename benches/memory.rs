@@ -19,7 +19,10 @@ fn rss_bytes() -> u64 {
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let setup = common::setup();
-    let sandbox = eryx::Sandbox::builder(&setup.runtime).build().unwrap();
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(&setup.runtime)
+        .build()
+        .unwrap();
     // Warm up once so lazily created runtime state is not counted.
     drop(
         setup

@@ -50,7 +50,10 @@ async fn ensure(store: &ArtifactStore) -> (eryx::Runtime, eryx_preinit::Report) 
 }
 
 async fn hello(runtime: &eryx::Runtime) -> String {
-    let sandbox = eryx::Sandbox::builder(runtime).build().unwrap();
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(runtime)
+        .build()
+        .unwrap();
     sandbox.execute("print('hi')").await.unwrap().stdout
 }
 

@@ -50,7 +50,8 @@ fn fail() -> impl eryx::Callback {
 }
 
 fn sandbox() -> eryx::SandboxBuilder {
-    eryx::Sandbox::builder(runtime())
+    eryx::Sandbox::builder()
+        .with_runtime(runtime())
         .with_callback(echo())
         .with_callback(host_sleep())
         .with_callback(fail())
@@ -223,7 +224,8 @@ async fn callback_that_never_returns_hits_the_per_callback_timeout() {
 async fn invocations_past_the_limit_never_reach_the_host() {
     let calls = Arc::new(AtomicU32::new(0));
     let counted = calls.clone();
-    let sandbox = eryx::Sandbox::builder(runtime())
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(runtime())
         .with_callback(TypedCallback::new(
             "counted",
             "Counts.",
@@ -250,4 +252,52 @@ async fn invocations_past_the_limit_never_reach_the_host() {
         .await
         .unwrap();
     assert_eq!(ok.result.as_deref(), Some("'fresh'"));
+}
+
+#[tokio::test]
+async fn callbacks_work_in_a_session_across_executes() {
+    let sandbox = sandbox().build().unwrap();
+    let mut session = sandbox.session().await.unwrap();
+    session
+        .execute("first = await echo(message='one')")
+        .await
+        .unwrap();
+    let result = session
+        .execute("second = await echo(message=first + ' two')\nsecond")
+        .await
+        .unwrap();
+    assert_eq!(result.result.as_deref(), Some("'one two'"));
+}
+
+#[tokio::test]
+async fn async_handler_awaits_callbacks_with_gather() {
+    let source = "import asyncio\n\
+        async def handler(event, context):\n    \
+            tags = await asyncio.gather(*(host_sleep(ms=100, tag=t) for t in event['tags']))\n    \
+            return {'tags': tags, 'echo': await echo(message=context.function_name)}\n";
+    let sandbox = sandbox().build().unwrap();
+    let mut session = sandbox.session().await.unwrap();
+    session
+        .load_function(&eryx::FunctionSource {
+            module_name: "fan",
+            source,
+            handler: "handler",
+            import_timeout: Duration::from_secs(10),
+            memory_limit_bytes: None,
+        })
+        .await
+        .unwrap();
+    let context = eryx::HandlerContext {
+        request_id: "r1".into(),
+        function_name: "fan".into(),
+        function_version: 1,
+    };
+    let start = Instant::now();
+    let out = session
+        .call_handler(r#"{"tags": ["x", "y", "z", "w"]}"#, &context)
+        .await
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_millis(350));
+    let value: serde_json::Value = serde_json::from_str(&out.result_json).unwrap();
+    assert_eq!(value, json!({"tags": ["x", "y", "z", "w"], "echo": "fan"}));
 }

@@ -101,7 +101,8 @@ pub fn engine() -> eryx::Engine {
 
 /// A sandbox with default settings on the shared runtime.
 pub fn sandbox() -> eryx::Sandbox {
-    eryx::Sandbox::builder(runtime())
+    eryx::Sandbox::builder()
+        .with_runtime(runtime())
         .build()
         .expect("default sandbox")
 }

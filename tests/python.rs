@@ -168,7 +168,8 @@ async fn executes_do_not_share_globals() {
 
 #[tokio::test]
 async fn ten_megabytes_of_output_are_capped_with_a_marker() {
-    let sandbox = eryx::Sandbox::builder(eryx_tests::runtime())
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(eryx_tests::runtime())
         .with_output_limit_bytes(64 * 1024)
         .build()
         .unwrap();

@@ -176,7 +176,8 @@ async fn memory_bomb() {
             .with_max_memory_bytes(128 << 20),
     )
     .unwrap();
-    let sandbox = eryx::Sandbox::builder(&eryx_tests::runtime_on(engine))
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(&eryx_tests::runtime_on(engine))
         .build()
         .unwrap();
     let error = sandbox

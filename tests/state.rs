@@ -162,7 +162,8 @@ async fn state_passed_between_fresh_instances_carries_globals_and_a_failure_retu
         .unwrap();
     assert_eq!(third.output.result.as_deref(), Some("2"));
     // Over the state limit: its own error.
-    let small = eryx::Sandbox::builder(eryx_tests::runtime())
+    let small = eryx::Sandbox::builder()
+        .with_runtime(eryx_tests::runtime())
         .with_state_limit_bytes(1 << 10)
         .build()
         .unwrap();

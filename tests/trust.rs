@@ -98,7 +98,8 @@ async fn os_exit_is_an_exit_not_a_host_failure() {
 async fn output_written_past_the_cap_by_bypassing_sys_stdout_is_cut_on_the_host() {
     // User code can replace the guest's stream objects or write to the
     // descriptor directly; the cap is kept on the host all the same.
-    let sandbox = eryx::Sandbox::builder(runtime())
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(runtime())
         .with_output_limit_bytes(1000)
         .build()
         .unwrap();
@@ -136,7 +137,8 @@ async fn huge_exception_message_and_traceback_are_capped() {
 
 #[tokio::test]
 async fn result_larger_than_the_result_limit_is_cut_and_its_json_dropped() {
-    let sandbox = eryx::Sandbox::builder(runtime())
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(runtime())
         .with_result_limit_bytes(1000)
         .build()
         .unwrap();
@@ -165,7 +167,8 @@ async fn rebinding_json_dumps_cannot_pass_off_a_result_that_is_not_json() {
 
 #[tokio::test]
 async fn nul_in_an_environment_value_is_refused_when_the_sandbox_is_built() {
-    let error = eryx::Sandbox::builder(runtime())
+    let error = eryx::Sandbox::builder()
+        .with_runtime(runtime())
         .with_env("TOKEN", "abc\0def")
         .build()
         .unwrap_err();
@@ -199,7 +202,8 @@ async fn handler_without_a_timeout_sees_no_remaining_time_instead_of_a_type_erro
 async fn state_calls_after_a_timed_call_get_a_fresh_deadline() {
     // The previous call's deadline has passed when the state is snapshotted:
     // the snapshot must run under its own.
-    let sandbox = eryx::Sandbox::builder(runtime())
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(runtime())
         .with_timeout(Duration::from_millis(300))
         .build()
         .unwrap();

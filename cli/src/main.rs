@@ -167,7 +167,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) => bail!("give a FILE or -c CODE"),
             };
             let (runtime, _report) = load()?;
-            let sandbox = eryx::Sandbox::builder(&runtime)
+            let sandbox = eryx::Sandbox::builder()
+                .with_runtime(&runtime)
                 .with_output_limit_bytes(output_limit_bytes)
                 .build()?;
             Ok(report(tokio.block_on(sandbox.execute(&code))))

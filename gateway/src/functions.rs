@@ -792,7 +792,8 @@ impl Functions {
         runtime: &eryx::Runtime,
         record: &FunctionRecord,
     ) -> Result<eryx::Sandbox, FunctionError> {
-        let mut sandbox = eryx::Sandbox::builder(runtime)
+        let mut sandbox = eryx::Sandbox::builder()
+            .with_runtime(runtime)
             .with_timeout(Duration::from_millis(record.timeout_ms))
             .with_result_limit_bytes(self.limits.max_response_bytes)
             .with_memory_limit_bytes(record.memory_mb << 20);

@@ -448,7 +448,8 @@ impl Sessions {
         slots: Arc<Slots>,
         metrics: &crate::metrics::Metrics,
     ) -> eryx::Result<Sessions> {
-        let base = eryx::Sandbox::builder(base_runtime)
+        let base = eryx::Sandbox::builder()
+            .with_runtime(base_runtime)
             .with_timeout(Duration::from_millis(limits.default_timeout_ms))
             .with_memory_limit_bytes(limits.default_memory_mb << 20)
             .with_result_limit_bytes(limits.max_response_bytes)

@@ -4,50 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::store::{ArtifactStore, MANIFEST_FORMAT, Manifest};
-use crate::{Error, Progress, Result, ensure_component};
-
-/// Modules imported during pre-initialization, so instances start with them
-/// loaded: what typical handlers use, and the asyncio machinery.
-pub const PRELOAD_MODULES: &[&str] = &[
-    "asyncio",
-    "base64",
-    "bisect",
-    "collections",
-    "dataclasses",
-    "datetime",
-    "decimal",
-    "enum",
-    "fractions",
-    "functools",
-    "hashlib",
-    "heapq",
-    "itertools",
-    "json",
-    "math",
-    "pickle",
-    "random",
-    "re",
-    "statistics",
-    "string",
-    "struct",
-    "textwrap",
-    "typing",
-    "linecache",
-    "traceback",
-    "ast",
-    "marshal",
-    "importlib",
-    "io",
-    "os",
-    "sys",
-    "time",
-    "uuid",
-];
+use crate::{Error, PRELOAD_MODULES, Progress, Result, ensure_component};
 
 /// Bumped whenever pre-initialization changes in a way the inputs do not show.
 const PREINIT_RECIPE: &str = "eryx-preinit-v1";
@@ -126,11 +88,11 @@ pub async fn ensure_runtime(
 ) -> Result<(eryx::Runtime, Report)> {
     // Keys come from what the binary embeds: nothing is linked unless the
     // artifact must be built.
-    let key = artifact_key(&crate::link::component_key(), engine);
+    let key = artifact_key(&eryx::base::link::component_key(), engine);
     std::fs::create_dir_all(data_dir)?;
     let lock = std::fs::File::create(data_dir.join("artifact.lock"))?;
     lock.lock()?;
-    let stdlib_dir = crate::python::ensure_dist(data_dir, progress)?.stdlib_dir();
+    let stdlib_dir = eryx::base::dist::ensure_dist(data_dir, progress)?.stdlib_dir();
     let mut rejected = Vec::new();
     for _attempt in 0..2 {
         let found = match store.manifest(&key).await {
@@ -238,29 +200,12 @@ async fn build(
     for (step, time) in &component.timings {
         timings.insert(format!("{step}_ms"), time.as_millis() as u64);
     }
-    let wasm = std::fs::read(&component.component)?;
+    let built = eryx::base::build_base(engine, component, progress).await?;
+    for (step, ms) in &built.timings {
+        timings.insert((*step).to_owned(), *ms);
+    }
+    let (snapshot, cwasm) = (built.snapshot, built.cwasm);
     let modules: Vec<String> = PRELOAD_MODULES.iter().map(|m| (*m).to_owned()).collect();
-
-    progress.step("pre-initializing CPython (start-up and imports, snapshotted)");
-    let start = Instant::now();
-    let snapshot = engine
-        .preinitialize(&wasm, &component.stdlib_dir, &modules)
-        .await
-        .map_err(Error::from)?;
-    timings.insert("preinit_ms".into(), start.elapsed().as_millis() as u64);
-    progress.done(&format!(
-        "pre-initialized in {:.1} s",
-        start.elapsed().as_secs_f64()
-    ));
-
-    progress.step("precompiling the snapshot with Cranelift");
-    let start = Instant::now();
-    let cwasm = engine.precompile(&snapshot).map_err(Error::from)?;
-    timings.insert("precompile_ms".into(), start.elapsed().as_millis() as u64);
-    progress.done(&format!(
-        "precompiled in {:.1} s",
-        start.elapsed().as_secs_f64()
-    ));
 
     let mut manifest = Manifest::new(
         key,

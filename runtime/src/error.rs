@@ -153,6 +153,13 @@ pub enum Error {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The embedded CPython distribution could not be unpacked into the data
+    /// directory.
+    #[error(transparent)]
+    Bundle(#[from] eryx_bundle::Error),
+    /// Generating the guest's bindings or linking the component failed.
+    #[error("linking the component: {0}")]
+    Link(String),
     /// The runtime was configured wrongly (missing component, bad path).
     #[error("configuration: {0}")]
     Config(String),

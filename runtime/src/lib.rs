@@ -28,12 +28,13 @@
 //!     .with_precompiled_file("eryx.cwasm", "<content hash from the artifact manifest>")
 //!     .with_stdlib_dir("python-stdlib")
 //!     .build()?;
-//! let sandbox = eryx::Sandbox::builder(&runtime).build()?;
+//! let sandbox = eryx::Sandbox::builder().with_runtime(&runtime).build()?;
 //! let result = sandbox.execute("import sys; sys.version_info[:2]").await?;
 //! assert_eq!(result.result.as_deref(), Some("(3, 14)"));
 //! # Ok(()) }
 //! ```
 
+pub mod base;
 mod bindings;
 mod callback;
 mod compile_cache;

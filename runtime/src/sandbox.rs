@@ -132,7 +132,7 @@ impl ResourceLimits {
 /// Configures a [`Sandbox`]; see [`Sandbox::builder`].
 #[derive(Clone)]
 pub struct SandboxBuilder {
-    runtime: Runtime,
+    runtime: Option<Runtime>,
     settings: Settings,
     pending_callbacks: Vec<Arc<dyn Callback>>,
 }
@@ -175,10 +175,20 @@ pub struct HandlerOutput {
 }
 
 impl Sandbox {
-    /// Starts configuring a sandbox on `runtime`.
-    pub fn builder(runtime: &Runtime) -> SandboxBuilder {
+    /// Starts configuring a sandbox. Without
+    /// [`with_runtime`](SandboxBuilder::with_runtime) it runs on the
+    /// process-wide default runtime ([`Runtime::shared`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), eryx::Error> {
+    /// let sandbox = eryx::Sandbox::builder().build()?;
+    /// let result = sandbox.execute("sum(range(10))").await?;
+    /// assert_eq!(result.result.as_deref(), Some("45"));
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> SandboxBuilder {
         SandboxBuilder {
-            runtime: runtime.clone(),
+            runtime: None,
             settings: Settings {
                 output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
                 timeout: None,
@@ -256,6 +266,14 @@ impl Sandbox {
 }
 
 impl SandboxBuilder {
+    /// Runs the sandbox's instances on `runtime` (a component loaded for an
+    /// engine: a base artifact, or a function's snapshot) instead of the
+    /// default [`Runtime::shared`].
+    pub fn with_runtime(mut self, runtime: &Runtime) -> Self {
+        self.runtime = Some(runtime.clone());
+        self
+    }
+
     /// Caps what is kept of each of stdout and stderr per execution, in bytes
     /// (default [`DEFAULT_OUTPUT_LIMIT_BYTES`]). Output past the cap is dropped
     /// and a line `[eryx: output truncated, N more bytes not shown]` is appended.
@@ -354,9 +372,14 @@ impl SandboxBuilder {
         self
     }
 
-    /// Builds the sandbox (cheap: instances are created per execution).
+    /// Builds the sandbox (cheap: instances are created per execution). The
+    /// first build without [`with_runtime`](Self::with_runtime) in a process
+    /// loads the default runtime, and the first on a machine builds it (see
+    /// [`Runtime::shared`]); later ones take microseconds.
     ///
     /// # Errors
+    /// Those of [`Runtime::shared`] when no runtime was given and the default
+    /// cannot be loaded or built;
     /// [`Error::Config`](crate::Error::Config) when an environment variable
     /// is unusable (an empty name, `=` or NUL in a name, NUL in a value) or
     /// a callback's name is not a Python identifier, or is a keyword or a
@@ -372,8 +395,12 @@ impl SandboxBuilder {
             }
             self.settings.callbacks = Arc::new(callbacks);
         }
+        let runtime = match self.runtime {
+            Some(runtime) => runtime,
+            None => Runtime::shared()?,
+        };
         Ok(Sandbox {
-            runtime: self.runtime,
+            runtime,
             settings: self.settings,
         })
     }

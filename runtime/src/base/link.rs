@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wit_parser::Resolve;
 
-use crate::python::{LIBRARIES, PythonDist};
-use crate::{Error, Progress, Result, WIT, atomic_write, embedded};
+use super::dist::{LIBRARIES, PythonDist};
+use super::{Progress, WIT, atomic_write, embedded};
+use crate::{Error, Result};
 
 /// Bumped whenever the way we link changes, so old cached components are not reused.
 const LINK_RECIPE: &str = "eryx-link-v2";

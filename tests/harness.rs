@@ -93,6 +93,78 @@ pub fn stdlib_dir() -> std::path::PathBuf {
     .stdlib_dir()
 }
 
+/// A real wheel from PyPI for the package tests: `(requirement, file name,
+/// sha256, extra pip arguments)`.
+type Wheel = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
+
+/// attrs, a pure-Python wheel (`py3-none-any`).
+pub const ATTRS_WHEEL: Wheel = (
+    "attrs==25.3.0",
+    "attrs-25.3.0-py3-none-any.whl",
+    "427318ce031701fea540783410126f03899a97ffc6f61596ad581ac2e40e3bc3",
+    &[],
+);
+
+/// MarkupSafe for CPython 3.11 on x86-64 Linux: a platform wheel with a C
+/// extension, which the sandbox must refuse.
+pub const NATIVE_WHEEL: Wheel = (
+    "markupsafe==3.0.2",
+    "MarkupSafe-3.0.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+    "a123e330ef0853c6e822384873bef7507557d8e4a082961e1defa947aa59ba84",
+    &[
+        "--platform",
+        "manylinux_2_17_x86_64",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+    ],
+);
+
+/// The path of `wheel`, downloaded from PyPI with pip on first use into
+/// `target/test-wheels/` (shared by test processes under a lock) and checked
+/// against its pinned sha256.
+///
+/// # Panics
+/// When pip fails (offline, no pip) or the file has another hash.
+pub fn fetch_wheel(wheel: Wheel) -> std::path::PathBuf {
+    let (requirement, file, sha256, extra) = wheel;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-wheels");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let path = dir.join(file);
+    if !path.exists() {
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--no-deps", "--only-binary=:all:", "--dest"])
+            .arg(&dir)
+            .args(extra)
+            .arg(requirement)
+            .status()
+            .expect("running pip to fetch a test wheel");
+        assert!(status.success(), "pip download {requirement} failed");
+    }
+    let actual = eryx_bundle_sha256(&std::fs::read(&path).unwrap());
+    assert_eq!(actual, sha256, "{file}: unexpected sha256");
+    path
+}
+
+fn eryx_bundle_sha256(bytes: &[u8]) -> String {
+    eryx_preinit::sha256_hex(bytes)
+}
+
 /// An engine with a pool sized for tests.
 pub fn engine() -> eryx::Engine {
     eryx::Engine::new(eryx::EngineOptions::default().with_pool_size(128))

@@ -748,6 +748,19 @@ def after_restore(environment):
         os.environ[key] = value
     if "random" in sys.modules:
         sys.modules["random"].seed()
+    _apply_paths()
+
+
+def _apply_paths():
+    """Puts the host's mounted libraries and packages (`ERYX_PATHS`, in
+    order) on `sys.path`, before the standard library."""
+    paths = [p for p in os.environ.get("ERYX_PATHS", "").split(":") if p]
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+_apply_paths()
 
 
 # --- Functions (the gateway) -------------------------------------------------

@@ -88,6 +88,18 @@ impl HostState {
         output_limit_bytes: u32,
         env: &[(String, String)],
     ) -> Result<HostState> {
+        HostState::with_mounts(stdlib_dir, output_limit_bytes, env, &[])
+    }
+
+    /// As [`new`](Self::new), with `mounts` (host directories of libraries
+    /// and packages) read-only at `/eryx/path/<n>` and named in `ERYX_PATHS`
+    /// for the guest to put on `sys.path`.
+    pub(crate) fn with_mounts(
+        stdlib_dir: &Path,
+        output_limit_bytes: u32,
+        env: &[(String, String)],
+        mounts: &[std::path::PathBuf],
+    ) -> Result<HostState> {
         let stdout = OutputCapture::new(output_limit_bytes as usize);
         let stderr = OutputCapture::new(output_limit_bytes as usize);
         let mut wasi = WasiCtxBuilder::new();
@@ -109,6 +121,16 @@ impl HostState {
         for (key, value) in env {
             check_env(key, value)?;
             wasi.env(key, value);
+        }
+        let mut paths = Vec::with_capacity(mounts.len());
+        for (n, dir) in mounts.iter().enumerate() {
+            let guest = crate::library::guest_path(n);
+            wasi.preopened_dir(dir, &guest, FsPerms::ReadOnly)
+                .map_err(|e| Error::Config(format!("mounting {}: {e:#}", dir.display())))?;
+            paths.push(guest);
+        }
+        if !paths.is_empty() {
+            wasi.env(crate::library::PATHS_VAR, paths.join(":"));
         }
         Ok(HostState {
             wasi: wasi.build(),

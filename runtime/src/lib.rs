@@ -41,6 +41,7 @@ mod compile_cache;
 mod engine;
 mod error;
 mod function;
+mod library;
 mod output;
 mod runtime;
 mod sandbox;
@@ -57,6 +58,7 @@ pub use callback::{
 pub use engine::{Engine, EngineOptions, WASMTIME_VERSION};
 pub use error::{Error, PythonError, Result, TrapError, TrapKind};
 pub use function::{FunctionBuilder, FunctionSnapshot, FunctionSource};
+pub use library::RuntimeLibrary;
 pub use runtime::{Runtime, RuntimeBuilder, content_hash};
 pub use sandbox::{
     DEFAULT_OUTPUT_LIMIT_BYTES, DEFAULT_RESULT_LIMIT_BYTES, DEFAULT_STATE_LIMIT_BYTES,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::callback::{CallbackLimits, Callbacks};
-use crate::{Callback, OutputHandler, Result, Runtime, Session, TraceHandler};
+use crate::{Callback, OutputHandler, Result, Runtime, RuntimeLibrary, Session, TraceHandler};
 
 /// Default cap on each of stdout and stderr per execution: 1 MiB.
 pub const DEFAULT_OUTPUT_LIMIT_BYTES: u32 = 1 << 20;
@@ -51,6 +51,8 @@ pub(crate) struct Settings {
     pub(crate) callback_limits: CallbackLimits,
     pub(crate) trace: Option<Arc<dyn TraceHandler>>,
     pub(crate) output: Option<Arc<dyn OutputHandler>>,
+    /// Host directories of libraries and packages, mounted read-only.
+    pub(crate) mounts: Vec<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -135,6 +137,8 @@ pub struct SandboxBuilder {
     runtime: Option<Runtime>,
     settings: Settings,
     pending_callbacks: Vec<Arc<dyn Callback>>,
+    libraries: Vec<RuntimeLibrary>,
+    packages: Vec<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SandboxBuilder {
@@ -200,8 +204,11 @@ impl Sandbox {
                 callback_limits: CallbackLimits::default(),
                 trace: None,
                 output: None,
+                mounts: Vec::new(),
             },
             pending_callbacks: Vec::new(),
+            libraries: Vec::new(),
+            packages: Vec::new(),
         }
     }
 
@@ -340,6 +347,26 @@ impl SandboxBuilder {
         self
     }
 
+    /// Ships `library` into the sandbox: its callbacks are offered like
+    /// [`with_callback`](Self::with_callback)'s, its modules importable (see
+    /// [`RuntimeLibrary`]).
+    pub fn with_library(mut self, library: RuntimeLibrary) -> Self {
+        self.pending_callbacks
+            .extend(library.callbacks.iter().cloned());
+        self.libraries.push(library);
+        self
+    }
+
+    /// Makes the modules of the pure-Python wheel (`.whl`) at `path`
+    /// importable in the sandbox: [`build`](Self::build) unpacks it once into
+    /// the data directory (`packages/<sha256>/`), and every instance mounts
+    /// it read-only on `sys.path`. Dependencies are not resolved: add each
+    /// wheel a package needs.
+    pub fn with_package(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.packages.push(path.into());
+        self
+    }
+
     /// Applies `limits` (see [`ResourceLimits`]); limits it leaves unset
     /// keep what the builder had.
     pub fn with_resource_limits(mut self, limits: ResourceLimits) -> Self {
@@ -383,7 +410,10 @@ impl SandboxBuilder {
     /// [`Error::Config`](crate::Error::Config) when an environment variable
     /// is unusable (an empty name, `=` or NUL in a name, NUL in a value) or
     /// a callback's name is not a Python identifier, or is a keyword or a
-    /// common builtin.
+    /// common builtin; a library module name that is not dotted
+    /// identifiers; a package that is not a pure-Python wheel (see
+    /// [`with_package`](Self::with_package)). [`Error::Io`](crate::Error::Io)
+    /// when a library or package cannot be written to the data directory.
     pub fn build(mut self) -> Result<Sandbox> {
         for (key, value) in &self.settings.env {
             crate::bindings::check_env(key, value)?;
@@ -394,6 +424,19 @@ impl SandboxBuilder {
                 callbacks.add(callback)?;
             }
             self.settings.callbacks = Arc::new(callbacks);
+        }
+        if !self.libraries.is_empty() || !self.packages.is_empty() {
+            let data_dir = crate::base::default_data_dir();
+            for library in &self.libraries {
+                if let Some(dir) = library.materialize(&data_dir)? {
+                    self.settings.mounts.push(dir);
+                }
+            }
+            for wheel in &self.packages {
+                self.settings
+                    .mounts
+                    .push(crate::library::unpack_wheel(wheel, &data_dir)?);
+            }
         }
         let runtime = match self.runtime {
             Some(runtime) => runtime,

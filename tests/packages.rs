@@ -112,3 +112,30 @@ async fn a_file_that_is_not_a_wheel_is_refused() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn a_wheel_preloaded_into_a_snapshot_is_imported_before_the_code_runs() {
+    let builder = || {
+        eryx::Sandbox::builder()
+            .with_package(fetch_wheel(ATTRS_WHEEL))
+            .with_preload(["attrs"])
+    };
+    let sandbox = builder().build().unwrap();
+    // The module is in sys.modules before the code imports it.
+    let code = "import sys\nloaded = 'attrs' in sys.modules\nimport attrs\n@attrs.frozen\nclass P:\n    x: int\nloaded, P(5).x";
+    let result = sandbox.execute(code).await.unwrap();
+    assert_eq!(result.result.as_deref(), Some("(True, 5)"));
+    // A second build in the process reuses the snapshot: no new build.
+    let start = std::time::Instant::now();
+    let again = builder().build().unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_millis(500));
+    assert_eq!(
+        again
+            .execute("'attrs' in __import__('sys').modules")
+            .await
+            .unwrap()
+            .result
+            .as_deref(),
+        Some("True")
+    );
+}

@@ -260,6 +260,21 @@ impl Engine {
         stdlib_dir: &Path,
         modules: &[String],
     ) -> Result<Vec<u8>> {
+        self.preinitialize_with_mounts(wasm, stdlib_dir, modules, &[])
+            .await
+    }
+
+    /// As [`preinitialize`](Self::preinitialize), with library and package
+    /// directories mounted (see [`SandboxBuilder::with_package`](crate::SandboxBuilder::with_package))
+    /// so `modules` may come from them; instances of the snapshot must mount
+    /// the same directories in the same order.
+    pub(crate) async fn preinitialize_with_mounts(
+        &self,
+        wasm: &[u8],
+        stdlib_dir: &Path,
+        modules: &[String],
+        mounts: &[PathBuf],
+    ) -> Result<Vec<u8>> {
         let wizer = Wizer::new();
         let (context, instrumented) = wizer
             .instrument_component(wasm)
@@ -269,7 +284,8 @@ impl Engine {
         let engine = self.unpooled()?;
         let component = Component::new(&engine, &instrumented).map_err(Error::from_wasmtime)?;
         let linker = linker(&engine)?;
-        let state = HostState::new(stdlib_dir, crate::DEFAULT_OUTPUT_LIMIT_BYTES, &[])?;
+        let state =
+            HostState::with_mounts(stdlib_dir, crate::DEFAULT_OUTPUT_LIMIT_BYTES, &[], mounts)?;
         let mut store = Store::new(&engine, state);
         store.set_epoch_deadline(NO_DEADLINE);
         let instance = linker

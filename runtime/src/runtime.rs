@@ -27,6 +27,9 @@ struct Inner {
     pre: SandboxPre<HostState>,
     stdlib_dir: PathBuf,
     load_time: Duration,
+    /// The pre-initialized component this runtime was compiled from, and its
+    /// content hash, when known (see [`RuntimeBuilder::with_snapshot_file`]).
+    snapshot: Option<(PathBuf, String)>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -50,6 +53,7 @@ pub struct RuntimeBuilder {
     source: Option<Source>,
     stdlib_dir: Option<PathBuf>,
     engine: Option<Engine>,
+    snapshot: Option<(PathBuf, String)>,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -73,6 +77,15 @@ impl Runtime {
     /// The standard library directory its instances mount at `/python`.
     pub fn stdlib_dir(&self) -> &Path {
         &self.inner.stdlib_dir
+    }
+
+    /// The pre-initialized component this runtime was compiled from and its
+    /// content hash, when given with [`RuntimeBuilder::with_snapshot_file`].
+    pub fn snapshot_file(&self) -> Option<(&Path, &str)> {
+        self.inner
+            .snapshot
+            .as_ref()
+            .map(|(path, hash)| (path.as_path(), hash.as_str()))
     }
 
     /// The engine this runtime's instances run on.
@@ -121,6 +134,16 @@ impl RuntimeBuilder {
     /// in every instance.
     pub fn with_stdlib_dir(mut self, path: impl Into<PathBuf>) -> Self {
         self.stdlib_dir = Some(path.into());
+        self
+    }
+
+    /// Names the pre-initialized component (`.wasm`) the precompiled file was
+    /// made from, and its content hash ([`content_hash`]): a sandbox on this
+    /// runtime can then snapshot preloaded packages on top of it
+    /// ([`SandboxBuilder::with_preload`](crate::SandboxBuilder::with_preload)).
+    /// The file is read (and its hash checked) only then.
+    pub fn with_snapshot_file(mut self, path: impl Into<PathBuf>, hash: impl Into<String>) -> Self {
+        self.snapshot = Some((path.into(), hash.into()));
         self
     }
 
@@ -178,6 +201,7 @@ impl RuntimeBuilder {
                 pre,
                 stdlib_dir,
                 load_time: start.elapsed(),
+                snapshot: self.snapshot,
             }),
         })
     }

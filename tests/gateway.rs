@@ -808,3 +808,70 @@ async fn two_replicas_deploying_at_once_cannot_both_publish_a_version() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Counts its invocations in the function's key-value store and logs each.
+const KV_COUNTER: &str = r#"
+import kv, log
+
+async def handler(event, context):
+    n = await kv.get("count", 0) + 1
+    await kv.put("count", n)
+    await log.info("counted", n=n, tag=event.get("tag"))
+    try:
+        await kv.put("big", "x" * 70000)
+        big = "stored"
+    except TypeError as e:
+        big = str(e)
+    await kv.delete("missing")
+    return {"count": n, "big": big, "other": await kv.get("other-key")}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_keep_counts_in_their_own_kv_store_and_log_with_the_request_id() {
+    let logs = eryx_tests::capture_json_logs();
+    let gw = TestGateway::start(Config::new()).await;
+    gw.deploy("kv-counter", KV_COUNTER).await;
+    for expected in 1..=3 {
+        let (status, body) = gw.invoke("kv-counter", json!({"tag": "t"})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["count"], expected, "{body}");
+        assert!(
+            body["big"].as_str().unwrap().contains("over the limit"),
+            "{body}"
+        );
+        assert_eq!(body["other"], serde_json::Value::Null);
+    }
+    // Another function has its own namespace.
+    gw.deploy(
+        "kv-reader",
+        "import kv\nasync def handler(event, context):\n    return await kv.get('count', 'none')\n",
+    )
+    .await;
+    let (_, body) = gw.invoke("kv-reader", json!({})).await;
+    assert_eq!(body, json!("none"));
+
+    // The log events carry the function, the fields and the request id.
+    let response = gw
+        .client
+        .post(format!("{}/v1/functions/kv-counter/invoke", gw.url))
+        .header("x-request-id", "log-test-request")
+        .json(&json!({"tag": "find-me"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let events = logs.events();
+    let event = events
+        .iter()
+        .find(|e| {
+            e["target"] == "eryx::function"
+                && e["fields"]["message"] == "counted"
+                && e["fields"]["fields"]
+                    .as_str()
+                    .is_some_and(|f| f.contains("find-me"))
+        })
+        .unwrap_or_else(|| panic!("no log event in {events:#?}"));
+    assert_eq!(event["fields"]["function"], "kv-counter");
+    assert_eq!(event["span"]["request_id"], "log-test-request", "{event}");
+    assert_eq!(event["level"], "INFO");
+}

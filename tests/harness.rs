@@ -596,3 +596,47 @@ pub async fn create_session(client: &reqwest::Client, url: &str) -> String {
     let created: serde_json::Value = response.json().await.unwrap();
     created["id"].as_str().unwrap().to_owned()
 }
+
+/// JSON log lines captured by [`capture_json_logs`].
+#[derive(Clone, Default)]
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    /// Every event logged so far, parsed.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+/// Installs, as this process's global `tracing` subscriber, the JSON
+/// formatter the gateway uses in production (current span included),
+/// writing into memory; returns the captured lines. Call once per test
+/// process (nextest runs each test in its own).
+///
+/// # Panics
+/// When a global subscriber is already set.
+pub fn capture_json_logs() -> CapturedLogs {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter("info")
+        .with_writer(move || writer.clone())
+        .init();
+    logs
+}

@@ -323,6 +323,11 @@ pub(crate) struct Functions {
     name_locks: KeyedLocks,
     /// Background compiles run one at a time (each uses every core).
     compile_lock: tokio::sync::Mutex<()>,
+    /// Where sandboxes unpack the host API's modules.
+    data_dir: std::path::PathBuf,
+    /// The host API's modules ([`crate::host_api`]), installed in the data
+    /// directory: mounted first in every function instance, and at deploy.
+    host_mount: std::path::PathBuf,
 }
 
 /// Whether `name` is a valid function name: `[a-z0-9-]{1,63}`.
@@ -367,13 +372,18 @@ impl Functions {
         builder: eryx::FunctionBuilder,
         limits: Limits,
         queue_gauge: prometheus::IntGauge,
-    ) -> Functions {
+        data_dir: std::path::PathBuf,
+    ) -> Result<Functions, FunctionError> {
+        let host_mount = crate::host_api::library(store.objects(), "-")
+            .install(&data_dir)
+            .map_err(|e| FunctionError::Internal(format!("installing the host API: {e}")))?
+            .ok_or_else(|| FunctionError::Internal("the host API has no modules".into()))?;
         let deploys = Slots::new(
             limits.max_concurrent_deploys.max(1),
             limits.max_deploy_queue,
             prometheus::IntGauge::new("eryx_deploy_queue", "unregistered").expect("gauge"),
         );
-        Functions {
+        Ok(Functions {
             engine,
             store,
             base,
@@ -385,7 +395,9 @@ impl Functions {
             deploys,
             name_locks: KeyedLocks::default(),
             compile_lock: tokio::sync::Mutex::new(()),
-        }
+            data_dir,
+            host_mount,
+        })
     }
 
     /// Loads every function recorded in the store (at start-up). A function
@@ -761,6 +773,9 @@ impl Functions {
         for part in [
             self.base.key.as_str(),
             FUNCTION_RECIPE,
+            // The host API's modules are imported with the module; their
+            // directory is named by their content hash.
+            &self.host_mount.display().to_string(),
             &module_name(name),
             handler,
             source,
@@ -796,7 +811,9 @@ impl Functions {
             .with_runtime(runtime)
             .with_timeout(Duration::from_millis(record.timeout_ms))
             .with_result_limit_bytes(self.limits.max_response_bytes)
-            .with_memory_limit_bytes(record.memory_mb << 20);
+            .with_memory_limit_bytes(record.memory_mb << 20)
+            .with_library(crate::host_api::library(self.store.objects(), &record.name))
+            .with_data_dir(&self.data_dir);
         for (key, value) in &record.env {
             sandbox = sandbox.with_env(key, value);
         }
@@ -815,13 +832,16 @@ impl Functions {
         let module_name = module_name(&record.name);
         let snapshot = self
             .builder
-            .snapshot(&eryx::FunctionSource {
-                module_name: &module_name,
-                source,
-                handler: &record.handler,
-                import_timeout: self.limits.deploy_import_timeout,
-                memory_limit_bytes: Some(record.memory_mb << 20),
-            })
+            .snapshot_with_mounts(
+                &eryx::FunctionSource {
+                    module_name: &module_name,
+                    source,
+                    handler: &record.handler,
+                    import_timeout: self.limits.deploy_import_timeout,
+                    memory_limit_bytes: Some(record.memory_mb << 20),
+                },
+                std::slice::from_ref(&self.host_mount),
+            )
             .await
             .map_err(|error| match error {
                 eryx::Error::Timeout { limit } => FunctionError::ImportTimeout(limit),

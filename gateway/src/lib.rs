@@ -29,6 +29,7 @@ mod api;
 mod config;
 mod error;
 mod functions;
+pub mod host_api;
 mod limits;
 mod metrics;
 mod openapi;

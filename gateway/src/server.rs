@@ -275,15 +275,19 @@ async fn startup(state: &AppState) -> Result<(Arc<Functions>, Arc<Sessions>), St
     let builder = eryx::FunctionBuilder::new(&engine, snapshot, runtime.stdlib_dir())
         .map_err(|e| e.to_string())?;
     let objects = store.objects().clone();
-    let functions = Arc::new(Functions::new(
-        engine,
-        store,
-        report.manifest,
-        runtime.clone(),
-        builder,
-        config.limits.clone(),
-        state.metrics.queue_depth.clone(),
-    ));
+    let functions = Arc::new(
+        Functions::new(
+            engine,
+            store,
+            report.manifest,
+            runtime.clone(),
+            builder,
+            config.limits.clone(),
+            state.metrics.queue_depth.clone(),
+            config.data_dir.clone(),
+        )
+        .map_err(|e| e.to_string())?,
+    );
     let sessions = Sessions::new(
         objects,
         key,

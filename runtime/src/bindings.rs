@@ -82,19 +82,11 @@ impl HostState {
     /// the few environment variables CPython needs, captured stdout/stderr
     /// (each kept up to `output_limit_bytes` per call, on the host), `env`
     /// (validated: no `=` or NUL in names, no NUL in values) added to the
-    /// environment, no sockets, nothing else.
+    /// environment, no sockets, nothing else —
+    /// but `mounts` (host directories of libraries and packages)
+    /// read-only at `/eryx/path/<n>`, named in `ERYX_PATHS` for the guest to
+    /// put on `sys.path`.
     pub(crate) fn new(
-        stdlib_dir: &Path,
-        output_limit_bytes: u32,
-        env: &[(String, String)],
-    ) -> Result<HostState> {
-        HostState::with_mounts(stdlib_dir, output_limit_bytes, env, &[])
-    }
-
-    /// As [`new`](Self::new), with `mounts` (host directories of libraries
-    /// and packages) read-only at `/eryx/path/<n>` and named in `ERYX_PATHS`
-    /// for the guest to put on `sys.path`.
-    pub(crate) fn with_mounts(
         stdlib_dir: &Path,
         output_limit_bytes: u32,
         env: &[(String, String)],

@@ -284,8 +284,7 @@ impl Engine {
         let engine = self.unpooled()?;
         let component = Component::new(&engine, &instrumented).map_err(Error::from_wasmtime)?;
         let linker = linker(&engine)?;
-        let state =
-            HostState::with_mounts(stdlib_dir, crate::DEFAULT_OUTPUT_LIMIT_BYTES, &[], mounts)?;
+        let state = HostState::new(stdlib_dir, crate::DEFAULT_OUTPUT_LIMIT_BYTES, &[], mounts)?;
         let mut store = Store::new(&engine, state);
         store.set_epoch_deadline(NO_DEADLINE);
         let instance = linker

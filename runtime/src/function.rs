@@ -116,6 +116,24 @@ impl FunctionBuilder {
     /// blocked in the host, e.g. in `time.sleep`); [`Error::MemoryLimit`];
     /// [`Error::Host`] when snapshotting fails.
     pub async fn snapshot(&self, function: &FunctionSource<'_>) -> Result<FunctionSnapshot> {
+        self.snapshot_with_mounts(function, &[]).await
+    }
+
+    /// As [`snapshot`](Self::snapshot), with directories mounted on
+    /// `sys.path` while the module is imported, so it may import from them
+    /// (e.g. a [`RuntimeLibrary`](crate::RuntimeLibrary)'s, from
+    /// [`RuntimeLibrary::install`](crate::RuntimeLibrary::install)). Every
+    /// sandbox that runs the snapshot must mount the same directories in
+    /// the same order (the same libraries and packages, added in the same
+    /// order).
+    ///
+    /// # Errors
+    /// As [`snapshot`](Self::snapshot).
+    pub async fn snapshot_with_mounts(
+        &self,
+        function: &FunctionSource<'_>,
+        mounts: &[PathBuf],
+    ) -> Result<FunctionSnapshot> {
         let start = Instant::now();
         let wizer = Wizer::new();
         // The context borrows the base bytes; re-instrumenting yields the
@@ -123,7 +141,7 @@ impl FunctionBuilder {
         let (context, _) = wizer
             .instrument_component(&self.base)
             .map_err(Error::from_wasmtime)?;
-        let mut state = HostState::new(&self.stdlib_dir, IMPORT_OUTPUT_LIMIT_BYTES, &[])?;
+        let mut state = HostState::new(&self.stdlib_dir, IMPORT_OUTPUT_LIMIT_BYTES, &[], mounts)?;
         state.limiter.limit_bytes = function
             .memory_limit_bytes
             .map(|b| usize::try_from(b).unwrap_or(usize::MAX));

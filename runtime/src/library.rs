@@ -104,11 +104,14 @@ impl RuntimeLibrary {
     /// Writes the library's modules and stubs into
     /// `data_dir/libraries/<sha256 of them>/` unless there; returns the
     /// directory, or `None` when the library has no module.
+    /// [`SandboxBuilder::build`](crate::SandboxBuilder::build) does this for
+    /// its libraries; call it to mount the same directory elsewhere (e.g.
+    /// [`FunctionBuilder::snapshot_with_mounts`](crate::FunctionBuilder::snapshot_with_mounts)).
     ///
     /// # Errors
     /// [`Error::Config`] for a module name that is not dotted identifiers;
     /// [`Error::Io`].
-    pub(crate) fn materialize(&self, data_dir: &Path) -> Result<Option<PathBuf>> {
+    pub fn install(&self, data_dir: &Path) -> Result<Option<PathBuf>> {
         if self.modules.is_empty() {
             return Ok(None);
         }

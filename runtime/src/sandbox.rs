@@ -140,6 +140,7 @@ pub struct SandboxBuilder {
     libraries: Vec<RuntimeLibrary>,
     packages: Vec<std::path::PathBuf>,
     preload: Vec<String>,
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SandboxBuilder {
@@ -211,6 +212,7 @@ impl Sandbox {
             libraries: Vec::new(),
             packages: Vec::new(),
             preload: Vec::new(),
+            data_dir: None,
         }
     }
 
@@ -359,6 +361,13 @@ impl SandboxBuilder {
         self
     }
 
+    /// Where [`build`](Self::build) unpacks libraries and packages (default:
+    /// [`default_data_dir`](crate::base::default_data_dir)).
+    pub fn with_data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
     /// Makes the modules of the pure-Python wheel (`.whl`) at `path`
     /// importable in the sandbox: [`build`](Self::build) unpacks it once into
     /// the data directory (`packages/<sha256>/`), and every instance mounts
@@ -445,9 +454,12 @@ impl SandboxBuilder {
             self.settings.callbacks = Arc::new(callbacks);
         }
         if !self.libraries.is_empty() || !self.packages.is_empty() {
-            let data_dir = crate::base::default_data_dir();
+            let data_dir = self
+                .data_dir
+                .clone()
+                .unwrap_or_else(crate::base::default_data_dir);
             for library in &self.libraries {
-                if let Some(dir) = library.materialize(&data_dir)? {
+                if let Some(dir) = library.install(&data_dir)? {
                     self.settings.mounts.push(dir);
                 }
             }

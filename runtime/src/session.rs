@@ -82,7 +82,7 @@ impl Session {
     async fn create(runtime: &Runtime, settings: &Settings) -> Result<Session> {
         // What the code writes to file descriptors 1 and 2 directly (bypassing
         // `sys.stdout`) is kept up to the same limit.
-        let mut state = HostState::with_mounts(
+        let mut state = HostState::new(
             runtime.stdlib_dir(),
             settings.output_limit_bytes,
             &settings.env,

@@ -62,7 +62,13 @@ pub(crate) async fn handle(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let (route, reply) = match allowed_host(&state, request.headers()) {
-        Ok(()) => route(&state, request, &request_id).await,
+        // Everything logged while the request runs (the `log` module of
+        // functions included) carries its id.
+        Ok(()) => {
+            use tracing::Instrument;
+            let span = tracing::info_span!("request", request_id = %request_id);
+            route(&state, request, &request_id).instrument(span).await
+        }
         Err(error) => ("other", Err(error)),
     };
     let mut response = reply.unwrap_or_else(|error| error_response(&error, &request_id));

@@ -363,9 +363,9 @@ struct Pending {
 
 impl Functions {
     /// Opens the deployed functions over a ready base: `builder` makes
-    /// snapshots of the base artifact `base`, whose runtime is `base_runtime`.
+    /// snapshots of the base artifact `base`, whose runtime is `base_runtime`
+    /// (on the engine every function runs on).
     pub(crate) fn new(
-        engine: eryx::Engine,
         store: ArtifactStore,
         base: Manifest,
         base_runtime: eryx::Runtime,
@@ -384,7 +384,7 @@ impl Functions {
             prometheus::IntGauge::new("eryx_deploy_queue", "unregistered").expect("gauge"),
         );
         Ok(Functions {
-            engine,
+            engine: base_runtime.engine().clone(),
             store,
             base,
             base_runtime,

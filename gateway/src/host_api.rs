@@ -137,7 +137,7 @@ fn cut(mut text: String) -> String {
             end -= 1;
         }
         text.truncate(end);
-        text.push_str("…");
+        text.push('…');
     }
     text
 }

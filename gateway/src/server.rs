@@ -277,7 +277,6 @@ async fn startup(state: &AppState) -> Result<(Arc<Functions>, Arc<Sessions>), St
     let objects = store.objects().clone();
     let functions = Arc::new(
         Functions::new(
-            engine,
             store,
             report.manifest,
             runtime.clone(),

@@ -18,21 +18,34 @@
 //! instance, run one call and return the state it leaves ([`WithState`]),
 //! so a session's variables can live in storage between requests.
 //!
-//! The component itself is built, pre-initialized, precompiled and stored by
-//! the `eryx-preinit` crate (or `eryx build`/`eryx run`, which do it on first
-//! use) from the WIT world in `wit/sandbox.wit`.
+//! The component is linked, pre-initialized and precompiled by [`base`] from
+//! what this crate embeds (CPython for WASI and the guest, which implements
+//! the WIT world in `wit/sandbox.wit`); the `eryx-preinit` crate publishes the
+//! result to a shared, signed artifact store for gateway replicas.
+//!
+//! With no configuration, a sandbox runs on the process-wide default
+//! runtime ([`Runtime::shared`]), built once per data directory from what
+//! this crate embeds; Python awaits host [callbacks](Callback) by name:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), eryx::Error> {
-//! let runtime = eryx::Runtime::builder()
-//!     .with_precompiled_file("eryx.cwasm", "<content hash from the artifact manifest>")
-//!     .with_stdlib_dir("python-stdlib")
+//! #[derive(serde::Deserialize, schemars::JsonSchema)]
+//! struct Echo { message: String }
+//!
+//! let sandbox = eryx::Sandbox::builder()
+//!     .with_callback(eryx::TypedCallback::new("echo", "Returns its message.", |a: Echo| async move {
+//!         Ok::<_, eryx::CallbackError>(a.message)
+//!     }))
 //!     .build()?;
-//! let sandbox = eryx::Sandbox::builder().with_runtime(&runtime).build()?;
-//! let result = sandbox.execute("import sys; sys.version_info[:2]").await?;
-//! assert_eq!(result.result.as_deref(), Some("(3, 14)"));
+//! let result = sandbox.execute("await echo(message='hi')").await?;
+//! assert_eq!(result.result.as_deref(), Some("'hi'"));
 //! # Ok(()) }
 //! ```
+//!
+//! Also: [tracing and streamed output](TraceHandler), [`ResourceLimits`],
+//! [`RuntimeLibrary`] (Python modules over callbacks), pure-Python wheels
+//! ([`SandboxBuilder::with_package`], [`SandboxBuilder::with_preload`]), and
+//! explicit artifacts ([`base`], [`RuntimeBuilder`]).
 
 pub mod base;
 mod bindings;

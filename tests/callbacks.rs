@@ -301,3 +301,111 @@ async fn async_handler_awaits_callbacks_with_gather() {
     let value: serde_json::Value = serde_json::from_str(&out.result_json).unwrap();
     assert_eq!(value, json!({"tags": ["x", "y", "z", "w"], "echo": "fan"}));
 }
+
+#[tokio::test]
+async fn fuel_limit_stops_a_busy_loop_and_the_sandbox_stays_usable() {
+    let engine = eryx::Engine::new(
+        eryx::EngineOptions::default()
+            .with_pool_size(16)
+            .with_fuel_metering(true),
+    )
+    .unwrap();
+    let metered = eryx_tests::runtime_on(engine);
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(&metered)
+        .with_resource_limits(ResourceLimits::default().with_fuel(50_000_000))
+        .build()
+        .unwrap();
+    let error = sandbox.execute("while True:\n    pass").await.unwrap_err();
+    assert!(
+        matches!(error, Error::FuelExhausted { fuel: 50_000_000 }),
+        "{error:?}"
+    );
+    // Small work fits in the same budget, in the next (fresh) instance.
+    let ok = sandbox.execute("sum(range(1000))").await.unwrap();
+    assert_eq!(ok.result.as_deref(), Some("499500"));
+    // A fuel limit on an engine without metering is a configuration error.
+    let refused = eryx::Sandbox::builder()
+        .with_runtime(runtime())
+        .with_resource_limits(ResourceLimits::default().with_fuel(1))
+        .build()
+        .unwrap_err();
+    assert!(matches!(refused, Error::Config(_)), "{refused:?}");
+}
+
+#[tokio::test]
+async fn the_host_checks_arguments_again_when_user_code_skips_the_guest_check() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(runtime())
+        .with_callback(DynamicCallback::new(
+            "raw",
+            "Counts.",
+            json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": false}),
+            move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Ok(json!(null)) }
+            },
+        ))
+        .build()
+        .unwrap();
+    // Straight to the host, past the Python-side check.
+    let code = "import _eryx_host\n[_eryx_host.invoke('raw', a) for a in ('{}', '{\"n\": \"x\"}', '{\"n\": 1, \"m\": 2}', '[1]')]";
+    let result = sandbox.execute(code).await.unwrap();
+    let text = result.result.unwrap();
+    assert_eq!(text.matches("invalid-arguments").count(), 4, "{text}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_raised_callback_timeout_is_not_taken_for_a_real_one() {
+    let sandbox = sandbox()
+        .with_resource_limits(
+            ResourceLimits::default().with_callback_timeout(Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap();
+    let error = sandbox
+        .execute("import eryx\nraise eryx.CallbackTimeout('made up')")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Exception(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn callbacks_in_flight_when_a_call_ends_are_cancelled_even_if_the_driver_is_patched() {
+    let finished = Arc::new(AtomicU32::new(0));
+    let flag = finished.clone();
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(runtime())
+        .with_callback(TypedCallback::new(
+            "slow",
+            "Sets a flag after ms.",
+            move |args: Sleep| {
+                let flag = flag.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(args.ms)).await;
+                    flag.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, CallbackError>(args.tag)
+                }
+            },
+        ))
+        .build()
+        .unwrap();
+    let mut session = sandbox.session().await.unwrap();
+    // The driver's own clean-up is disabled, and the task is never awaited.
+    let code = "import _eryx, asyncio\n_eryx._end_host_calls = lambda: None\nt = asyncio.get_running_loop().create_task(slow(ms=200, tag='late'))\nawait asyncio.sleep(0.01)";
+    session.execute(code).await.unwrap();
+    // The next call in the same instance runs long enough for the first
+    // callback to have finished, had it not been cancelled.
+    session
+        .execute("import time\ntime.sleep(0.4)")
+        .await
+        .unwrap();
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "the callback outlived its call"
+    );
+}

@@ -269,9 +269,19 @@ impl Deployed {
         call: StatefulCall<'_>,
     ) -> eryx::Result<(CallOutput, eryx::StateSnapshot)> {
         match &self.serving {
-            Serving::Snapshot(sandbox) => run_with_state(sandbox, state, call).await,
+            // Code run in a function's session is an operator's, not the
+            // handler's: it gets no host API (kv writes, logs as the function).
+            Serving::Snapshot(sandbox) => match call {
+                StatefulCall::Execute(_) => {
+                    run_with_state(&sandbox.without_callbacks(), state, call).await
+                }
+                StatefulCall::Handler { .. } => run_with_state(sandbox, state, call).await,
+            },
             Serving::Interim(interim) => {
                 let mut session = interim.session(&self.record.handler).await?;
+                if matches!(call, StatefulCall::Execute(_)) {
+                    session.clear_callbacks();
+                }
                 if let Some(data) = state {
                     session
                         .restore_state(&eryx::StateSnapshot::from_bytes(data.to_vec()))
@@ -775,7 +785,11 @@ impl Functions {
             FUNCTION_RECIPE,
             // The host API's modules are imported with the module; their
             // directory is named by their content hash.
-            &self.host_mount.display().to_string(),
+            &self
+                .host_mount
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             &module_name(name),
             handler,
             source,
@@ -813,6 +827,11 @@ impl Functions {
             .with_result_limit_bytes(self.limits.max_response_bytes)
             .with_memory_limit_bytes(record.memory_mb << 20)
             .with_library(crate::host_api::library(self.store.objects(), &record.name))
+            .with_resource_limits(
+                eryx::ResourceLimits::default()
+                    .with_max_callback_invocations(crate::host_api::MAX_CALLBACKS_PER_CALL)
+                    .with_callback_timeout(crate::host_api::CALLBACK_TIMEOUT),
+            )
             .with_data_dir(&self.data_dir);
         for (key, value) in &record.env {
             sandbox = sandbox.with_env(key, value);

@@ -13,9 +13,19 @@
 //!   every other document), shared by every replica and version. Values are
 //!   JSON; a key is at most [`KV_MAX_KEY_BYTES`], a value (as JSON) at most
 //!   [`KV_MAX_VALUE_BYTES`]. A `put` returns once the store has the value.
+//!
+//! An invocation may make [`MAX_CALLBACKS_PER_CALL`] such calls, each within
+//! [`CALLBACK_TIMEOUT`]. Code run in a function's session by `execute` gets
+//! no host API: it is the operator's, not the handler's.
 
 use eryx::{CallbackError, RuntimeLibrary, TypedCallback};
 use serde::{Deserialize, Serialize};
+
+/// Most host-API calls (`log`, `kv`) one invocation may make.
+pub const MAX_CALLBACKS_PER_CALL: u32 = 1_000;
+/// Longest one host-API call may take (a slow store) before Python gets
+/// `eryx.CallbackTimeout`.
+pub const CALLBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Largest `kv` key, in bytes of UTF-8.
 pub const KV_MAX_KEY_BYTES: usize = 256;
@@ -106,9 +116,12 @@ struct PutArgs {
     value: serde_json::Value,
 }
 
-/// What `kv` stores per key.
+/// What `kv` stores per key: the function and key it belongs to (checked on
+/// read, so an entry copied to another path is not taken for that one's)
+/// and the value.
 #[derive(Serialize, Deserialize)]
 struct Entry {
+    function: String,
     key: String,
     value: serde_json::Value,
 }
@@ -177,11 +190,11 @@ pub(crate) fn library(objects: &eryx_store::Store, function: &str) -> RuntimeLib
         "kv_get",
         "Reads a key of this function's key-value store: {found, value}.",
         move |args: KeyArgs| {
-            let (store, path) = (store.clone(), kv_path(&name, &args.key));
+            let (store, path, function) = (store.clone(), kv_path(&name, &args.key), name.clone());
             async move {
                 let entry: Option<Entry> = store.get_signed(&path?).await.map_err(store_error)?;
                 Ok::<_, CallbackError>(match entry {
-                    Some(entry) if entry.key == args.key => {
+                    Some(entry) if entry.key == args.key && entry.function == function => {
                         serde_json::json!({"found": true, "value": entry.value})
                     }
                     _ => serde_json::json!({"found": false, "value": null}),
@@ -194,7 +207,7 @@ pub(crate) fn library(objects: &eryx_store::Store, function: &str) -> RuntimeLib
         "kv_put",
         "Stores a JSON value under a key of this function's key-value store.",
         move |args: PutArgs| {
-            let (store, path) = (store.clone(), kv_path(&name, &args.key));
+            let (store, path, function) = (store.clone(), kv_path(&name, &args.key), name.clone());
             async move {
                 let path = path?;
                 let size = args.value.to_string().len();
@@ -204,6 +217,7 @@ pub(crate) fn library(objects: &eryx_store::Store, function: &str) -> RuntimeLib
                     )));
                 }
                 let entry = Entry {
+                    function,
                     key: args.key,
                     value: args.value,
                 };

@@ -286,8 +286,8 @@ _JSON_TYPES = {
 
 
 def _type_ok(value, schema):
-    """Whether `value` has a type `schema` allows (only `type` is checked
-    here; the host validates the whole schema)."""
+    """Whether `value` has a type `schema` allows (the host checks the same
+    rules again; a `TypedCallback` also deserializes into its type)."""
     if not isinstance(schema, dict):
         return True
     allowed = schema.get("type")
@@ -364,15 +364,19 @@ def _decode(result):
 async def _invoke(name, arguments):
     import asyncio
 
+    loop = asyncio.get_running_loop()
     done, value = _host.invoke(name, arguments)
     if done:
         return _decode(value)
-    future = asyncio.get_running_loop().create_future()
+    future = loop.create_future()
     _FUTURES[value] = future
     try:
         result = await future
     except asyncio.CancelledError:
-        if _FUTURES.pop(value, None) is not None:
+        # Only if the handle is still this call's: a finished call's handle
+        # may already belong to another call.
+        if _FUTURES.get(value) is future:
+            del _FUTURES[value]
             _host.cancel(value)
         raise
     return _decode(result)

@@ -24,10 +24,14 @@ pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
         "execute" => {
             let code = string(args.next());
             let options = Options::from(args.next());
-            Some(guarded(|| {
+            let result = guarded(|| {
                 let out = call_driver("execute", &[Obj::str(&code)?, options.to_py()?])?;
                 outcome(&out, output_record)
-            }))
+            });
+            // Nothing the call started may outlive it, whatever user code did
+            // to the driver's own clean-up.
+            crate::task::cancel_all();
+            Some(result)
         }
         "snapshot-state" => Some(match snapshot_state() {
             Ok((data, skipped)) => Val::ok(Some(Val::Record(vec![
@@ -87,13 +91,15 @@ pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
             let event = string(args.next());
             let context = string(args.next());
             let options = Options::from(args.next());
-            Some(guarded(|| {
+            let result = guarded(|| {
                 let out = call_driver(
                     "call_handler",
                     &[Obj::str(&event)?, Obj::str(&context)?, options.to_py()?],
                 )?;
                 outcome(&out, output_record)
-            }))
+            });
+            crate::task::cancel_all();
+            Some(result)
         }
         other => panic!("unknown export {other}"),
     }

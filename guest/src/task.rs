@@ -129,12 +129,19 @@ pub fn cancel(handle: u32) {
     // SAFETY: `handle` is a subtask of ours that has not been dropped; a
     // synchronous cancel needs it out of every set first, and blocks until
     // the host side is gone, after which the handle may be dropped.
-    unsafe {
+    let state = unsafe {
         waitable_join(handle, 0);
-        subtask_cancel(handle);
+        let state = subtask_cancel(handle);
         subtask_drop(handle);
+        state
+    };
+    if state == RETURNED {
+        // It returned before the cancel: lift the result so what the host
+        // allocated for it is freed with the context.
+        drop(call.finish());
+    } else {
+        drop(call);
     }
-    drop(call);
 }
 
 /// Cancels every subtask in flight (at the end of a call: nothing the guest

@@ -32,6 +32,13 @@ pub(crate) struct HostState {
     pub(crate) invocations: u32,
     /// Whether an invocation was refused for the invocation limit.
     pub(crate) invocation_limit_hit: bool,
+    /// Whether a callback ran past the per-callback timeout.
+    pub(crate) callback_timeout_hit: bool,
+    /// Whether callbacks may run now: only during `execute` and
+    /// `call-handler` (not while a state is pickled or unpickled).
+    pub(crate) callbacks_open: bool,
+    /// Host calls (`invoke`, `sleep`) in flight, capped at [`MAX_IN_FLIGHT`].
+    pub(crate) in_flight: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) trace: Option<Arc<dyn TraceHandler>>,
 }
 
@@ -134,6 +141,9 @@ impl HostState {
             callback_limits: CallbackLimits::default(),
             invocations: 0,
             invocation_limit_hit: false,
+            callback_timeout_hit: false,
+            callbacks_open: false,
+            in_flight: Arc::default(),
             trace: None,
         })
     }
@@ -184,14 +194,50 @@ impl SandboxImports for HostState {
     }
 }
 
+/// Most host calls (`invoke` and `sleep`) one instance may have in flight:
+/// each is a future on the host, so user code must not be able to start an
+/// unbounded number.
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
+
+/// Counts one host call in flight until dropped (also when the guest
+/// cancels it and the host drops its future).
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Option<InFlight> {
+        use std::sync::atomic::Ordering;
+        let previous = counter.fetch_add(1, Ordering::Relaxed);
+        if previous >= MAX_IN_FLIGHT {
+            counter.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(InFlight(counter.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What `invoke` needs to run one callback.
+struct Invocation {
+    callback: Arc<dyn crate::Callback>,
+    timeout: Option<std::time::Duration>,
+    _in_flight: InFlight,
+}
+
 impl HostState {
     /// Looks up callback `name` for one invocation, counting it against the
-    /// invocation limit.
-    fn begin_invocation(
-        &mut self,
-        name: &str,
-    ) -> std::result::Result<(Arc<dyn crate::Callback>, Option<std::time::Duration>), CallbackError>
-    {
+    /// invocation limit and the in-flight cap.
+    fn begin_invocation(&mut self, name: &str) -> std::result::Result<Invocation, CallbackError> {
+        if !self.callbacks_open {
+            return Err(CallbackError::with_kind(
+                CallbackErrorKind::Limit,
+                "host callbacks are available only while code runs (execute or a handler)",
+            ));
+        }
         let Some(callback) = self.callbacks.get(name).cloned() else {
             return Err(CallbackError::with_kind(
                 CallbackErrorKind::NotFound,
@@ -207,8 +253,18 @@ impl HostState {
                 format!("at most {max} callback invocations are allowed per call"),
             ));
         }
+        let Some(in_flight) = InFlight::enter(&self.in_flight) else {
+            return Err(CallbackError::with_kind(
+                CallbackErrorKind::Limit,
+                format!("at most {MAX_IN_FLIGHT} host calls may be in flight at once"),
+            ));
+        };
         self.invocations += 1;
-        Ok((callback, self.callback_limits.timeout))
+        Ok(Invocation {
+            callback,
+            timeout: self.callback_limits.timeout,
+            _in_flight: in_flight,
+        })
     }
 }
 
@@ -218,27 +274,30 @@ impl SandboxImportsWithStore<HostState> for HasSelf<HostState> {
         name: String,
         arguments_json: String,
     ) -> Result<String, String> {
-        let (callback, timeout) = accessor
+        let invocation = accessor
             .with(|mut access| access.get().begin_invocation(&name))
             .map_err(|e| e.to_wire())?;
-        // The guest checked the arguments against the schema; what arrives is
-        // still untrusted input for the callback.
+        // The guest checked the arguments against the schema, but user code
+        // can call the host directly: check the same rules again here.
         let arguments: serde_json::Value = serde_json::from_str(&arguments_json)
             .map_err(|e| CallbackError::invalid_arguments(format!("{name}(): {e}")).to_wire())?;
-        if !arguments.is_object() {
-            return Err(CallbackError::invalid_arguments(format!(
-                "{name}(): arguments must be an object"
-            ))
-            .to_wire());
-        }
-        let call = callback.call(arguments);
-        let outcome = match timeout {
+        crate::callback::check_arguments(
+            &name,
+            &invocation.callback.parameters_schema(),
+            &arguments,
+        )
+        .map_err(|e| e.to_wire())?;
+        let call = invocation.callback.call(arguments);
+        let outcome = match invocation.timeout {
             Some(limit) => match tokio::time::timeout(limit, call).await {
                 Ok(outcome) => outcome,
-                Err(_) => Err(CallbackError::with_kind(
-                    CallbackErrorKind::Timeout,
-                    format!("{name}() did not finish within {} ms", limit.as_millis()),
-                )),
+                Err(_) => {
+                    accessor.with(|mut access| access.get().callback_timeout_hit = true);
+                    Err(CallbackError::with_kind(
+                        CallbackErrorKind::Timeout,
+                        format!("{name}() did not finish within {} ms", limit.as_millis()),
+                    ))
+                }
             },
             None => call.await,
         };
@@ -247,7 +306,18 @@ impl SandboxImportsWithStore<HostState> for HasSelf<HostState> {
             .map_err(|e| e.to_wire())
     }
 
-    async fn sleep(_accessor: &Accessor<HostState, Self>, nanoseconds: u64) {
+    async fn sleep(accessor: &Accessor<HostState, Self>, nanoseconds: u64) {
+        // Outside a call, or past the in-flight cap, the timer fires at once
+        // (the guest's loop then just checks its clock again).
+        let Some(_in_flight) = accessor.with(|mut access| {
+            let state = access.get();
+            state
+                .callbacks_open
+                .then(|| InFlight::enter(&state.in_flight))
+                .flatten()
+        }) else {
+            return;
+        };
         tokio::time::sleep(std::time::Duration::from_nanos(nanoseconds)).await;
     }
 }

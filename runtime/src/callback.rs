@@ -11,7 +11,10 @@
 //! its waitable set) and the host polls every callback in flight at once, so
 //! three callbacks that each wait 200 ms finish together under
 //! `asyncio.gather`. In Python the arguments are checked against the schema
-//! before the host is called (`TypeError`); the host deserializes them again.
+//! before the host is called (`TypeError`); the host checks the same rules
+//! again (user code can call the host directly), and a [`TypedCallback`]
+//! deserializes them into its type. A [`DynamicCallback`] gets JSON that
+//! passed only those top-level checks: treat it as untrusted input.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -285,90 +288,213 @@ impl fmt::Debug for Callbacks {
     }
 }
 
-/// Names a callback may not take: Python keywords and the builtins user code
-/// relies on would be shadowed in `builtins`.
+/// Names a callback may not take: the names of Python 3.14's `builtins`
+/// (callbacks are installed there, and shadowing `Exception` or `print`
+/// would break every run), its keywords and soft keywords, and the
+/// attributes of the sandbox's `eryx` module (its exception types). The
+/// list was generated from CPython's `dir(builtins)` and `keyword` module,
+/// plus the names 3.12–3.14 added.
+const RESERVED: &[&str] = &[
+    "ArithmeticError",
+    "AssertionError",
+    "AttributeError",
+    "BaseException",
+    "BaseExceptionGroup",
+    "BlockingIOError",
+    "BrokenPipeError",
+    "BufferError",
+    "BytesWarning",
+    "ChildProcessError",
+    "ConnectionAbortedError",
+    "ConnectionError",
+    "ConnectionRefusedError",
+    "ConnectionResetError",
+    "DeprecationWarning",
+    "EOFError",
+    "Ellipsis",
+    "EncodingWarning",
+    "EnvironmentError",
+    "Exception",
+    "ExceptionGroup",
+    "False",
+    "FileExistsError",
+    "FileNotFoundError",
+    "FloatingPointError",
+    "FutureWarning",
+    "GeneratorExit",
+    "IOError",
+    "ImportError",
+    "ImportWarning",
+    "IndentationError",
+    "IndexError",
+    "InterruptedError",
+    "IsADirectoryError",
+    "KeyError",
+    "KeyboardInterrupt",
+    "LookupError",
+    "MemoryError",
+    "ModuleNotFoundError",
+    "NameError",
+    "None",
+    "NotADirectoryError",
+    "NotImplemented",
+    "NotImplementedError",
+    "OSError",
+    "OverflowError",
+    "PendingDeprecationWarning",
+    "PermissionError",
+    "ProcessLookupError",
+    "PythonFinalizationError",
+    "RecursionError",
+    "ReferenceError",
+    "ResourceWarning",
+    "RuntimeError",
+    "RuntimeWarning",
+    "StopAsyncIteration",
+    "StopIteration",
+    "SyntaxError",
+    "SyntaxWarning",
+    "SystemError",
+    "SystemExit",
+    "TabError",
+    "TimeoutError",
+    "True",
+    "TypeError",
+    "UnboundLocalError",
+    "UnicodeDecodeError",
+    "UnicodeEncodeError",
+    "UnicodeError",
+    "UnicodeTranslateError",
+    "UnicodeWarning",
+    "UserWarning",
+    "ValueError",
+    "Warning",
+    "ZeroDivisionError",
+    "_",
+    "_IncompleteInputError",
+    "abs",
+    "aiter",
+    "all",
+    "and",
+    "anext",
+    "any",
+    "as",
+    "ascii",
+    "assert",
+    "async",
+    "await",
+    "bin",
+    "bool",
+    "break",
+    "breakpoint",
+    "bytearray",
+    "bytes",
+    "callable",
+    "case",
+    "chr",
+    "class",
+    "classmethod",
+    "compile",
+    "complex",
+    "continue",
+    "copyright",
+    "credits",
+    "def",
+    "del",
+    "delattr",
+    "dict",
+    "dir",
+    "divmod",
+    "elif",
+    "else",
+    "enumerate",
+    "eval",
+    "except",
+    "exec",
+    "exit",
+    "filter",
+    "finally",
+    "float",
+    "for",
+    "format",
+    "from",
+    "frozenset",
+    "getattr",
+    "global",
+    "globals",
+    "hasattr",
+    "hash",
+    "help",
+    "hex",
+    "id",
+    "if",
+    "import",
+    "in",
+    "input",
+    "int",
+    "is",
+    "isinstance",
+    "issubclass",
+    "iter",
+    "lambda",
+    "len",
+    "license",
+    "list",
+    "list_callbacks",
+    "locals",
+    "map",
+    "match",
+    "max",
+    "memoryview",
+    "min",
+    "next",
+    "nonlocal",
+    "not",
+    "object",
+    "oct",
+    "open",
+    "or",
+    "ord",
+    "pass",
+    "pow",
+    "print",
+    "property",
+    "quit",
+    "raise",
+    "range",
+    "repr",
+    "return",
+    "reversed",
+    "round",
+    "set",
+    "setattr",
+    "slice",
+    "sorted",
+    "staticmethod",
+    "str",
+    "sum",
+    "super",
+    "try",
+    "tuple",
+    "type",
+    "vars",
+    "while",
+    "with",
+    "yield",
+    "zip",
+];
+
+/// Attributes of the guest's `eryx` module, which callbacks must not replace.
+const ERYX_MODULE: &[&str] = &[
+    "Callback",
+    "CallbackError",
+    "CallbackLimitExceeded",
+    "CallbackTimeout",
+    "list_callbacks",
+];
+
 fn reserved(name: &str) -> bool {
-    const RESERVED: &[&str] = &[
-        "False",
-        "None",
-        "True",
-        "and",
-        "as",
-        "assert",
-        "async",
-        "await",
-        "break",
-        "class",
-        "continue",
-        "def",
-        "del",
-        "elif",
-        "else",
-        "except",
-        "finally",
-        "for",
-        "from",
-        "global",
-        "if",
-        "import",
-        "in",
-        "is",
-        "lambda",
-        "nonlocal",
-        "not",
-        "or",
-        "pass",
-        "raise",
-        "return",
-        "try",
-        "while",
-        "with",
-        "yield",
-        "print",
-        "len",
-        "open",
-        "input",
-        "exec",
-        "eval",
-        "compile",
-        "type",
-        "object",
-        "str",
-        "int",
-        "float",
-        "dict",
-        "list",
-        "tuple",
-        "set",
-        "bool",
-        "range",
-        "repr",
-        "isinstance",
-        "getattr",
-        "setattr",
-        "hasattr",
-        "super",
-        "__import__",
-        "list_callbacks",
-        "help",
-        "iter",
-        "next",
-        "id",
-        "hash",
-        "min",
-        "max",
-        "sum",
-        "abs",
-        "sorted",
-        "map",
-        "filter",
-        "zip",
-        "enumerate",
-        "format",
-        "vars",
-        "dir",
-    ];
-    RESERVED.contains(&name)
+    RESERVED.contains(&name) || ERYX_MODULE.contains(&name)
 }
 
 impl Callbacks {
@@ -410,6 +536,66 @@ impl Callbacks {
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<dyn Callback>> {
         self.ordered.iter()
+    }
+}
+
+/// Checks `arguments` against the top level of `schema` — an object; the
+/// `required` names present; no unknown name when `additionalProperties`
+/// is `false`; each property of a type its `type` allows — the same rules
+/// the guest applies before calling the host (user code can skip the
+/// guest's check, not this one). Nested schemas are the callback's to check
+/// ([`TypedCallback`] deserializes into its type).
+///
+/// # Errors
+/// A [`CallbackErrorKind::InvalidArguments`] error saying what is wrong.
+pub(crate) fn check_arguments(
+    name: &str,
+    schema: &Value,
+    arguments: &Value,
+) -> Result<(), CallbackError> {
+    let bad = |why: String| Err(CallbackError::invalid_arguments(format!("{name}(): {why}")));
+    let Some(arguments) = arguments.as_object() else {
+        return bad("arguments must be an object".into());
+    };
+    let properties = schema.get("properties").and_then(Value::as_object);
+    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+        for key in required.iter().filter_map(Value::as_str) {
+            if !arguments.contains_key(key) {
+                return bad(format!("missing required argument: {key:?}"));
+            }
+        }
+    }
+    let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
+    for (key, value) in arguments {
+        match properties.and_then(|p| p.get(key)) {
+            None if closed => return bad(format!("unexpected argument {key:?}")),
+            Some(property) if !type_allows(property.get("type"), value) => {
+                return bad(format!("argument {key:?} has the wrong type"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a JSON Schema `type` (a name, a list of names, or absent) allows
+/// `value`.
+fn type_allows(allowed: Option<&Value>, value: &Value) -> bool {
+    let allows = |name: &str| match name {
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        "null" => value.is_null(),
+        _ => true,
+    };
+    match allowed {
+        None => true,
+        Some(Value::String(name)) => allows(name),
+        Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).any(allows),
+        Some(_) => true,
     }
 }
 

@@ -70,6 +70,12 @@ pub struct EngineOptions {
     /// The key that signs and checks compile-cache entries (see
     /// [`SigningKey`](crate::SigningKey)).
     pub signing_key: Option<crate::SigningKey>,
+    /// Whether compiled code counts fuel (wasmtime's `consume_fuel`; default
+    /// off), so a sandbox can cap the work of a call with
+    /// [`ResourceLimits::with_fuel`](crate::ResourceLimits::with_fuel).
+    /// Metering changes the compiled code (another engine fingerprint, so
+    /// another artifact) and costs some speed.
+    pub fuel_metering: bool,
 }
 
 impl Default for EngineOptions {
@@ -79,6 +85,7 @@ impl Default for EngineOptions {
             max_memory_bytes: 512 << 20,
             compile_cache_dir: None,
             signing_key: None,
+            fuel_metering: false,
         }
     }
 }
@@ -93,6 +100,12 @@ impl EngineOptions {
     /// Sets [`max_memory_bytes`](EngineOptions::max_memory_bytes).
     pub fn with_max_memory_bytes(mut self, bytes: u64) -> Self {
         self.max_memory_bytes = bytes;
+        self
+    }
+
+    /// Sets [`fuel_metering`](EngineOptions::fuel_metering).
+    pub fn with_fuel_metering(mut self, on: bool) -> Self {
+        self.fuel_metering = on;
         self
     }
 
@@ -126,9 +139,10 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Settings that decide how code is compiled; artifacts must agree on them.
-fn base_config(cache: Option<&Arc<dyn wasmtime::CacheStore>>) -> Result<Config> {
+fn base_config(cache: Option<&Arc<dyn wasmtime::CacheStore>>, fuel: bool) -> Result<Config> {
     let mut config = Config::new();
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config.consume_fuel(fuel);
     // Timeouts: compiled code checks the engine's epoch at function entries
     // and loop back-edges, and traps once its store's deadline has passed.
     config.epoch_interruption(true);
@@ -184,7 +198,7 @@ impl Engine {
             }
             (None, _) => None,
         };
-        let mut config = base_config(cache.as_ref())?;
+        let mut config = base_config(cache.as_ref(), options.fuel_metering)?;
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let inner = wasmtime::Engine::new(&config)
             .map_err(|e| Error::Config(format!("creating the engine: {e:#}")))?;
@@ -207,10 +221,22 @@ impl Engine {
     /// without the instance pool, for instances made once, such as the ones
     /// wizer snapshots.
     pub(crate) fn unpooled(&self) -> Result<wasmtime::Engine> {
-        let engine = wasmtime::Engine::new(&base_config(self.cache.as_ref())?)
-            .map_err(Error::from_wasmtime)?;
+        let engine = wasmtime::Engine::new(&base_config(
+            self.cache.as_ref(),
+            self.options.fuel_metering,
+        )?)
+        .map_err(Error::from_wasmtime)?;
         start_epoch_ticker(&engine);
         Ok(engine)
+    }
+
+    /// Gives a new store of this engine (or of its [`unpooled`](Self::unpooled)
+    /// twin) unlimited fuel when fuel is metered, so it can run at all.
+    pub(crate) fn unlimited_fuel<T>(&self, store: &mut Store<T>) -> Result<()> {
+        if self.options.fuel_metering {
+            store.set_fuel(u64::MAX).map_err(Error::from_wasmtime)?;
+        }
+        Ok(())
     }
 
     /// The epoch deadline, in ticks from now, for a store that may run for
@@ -287,6 +313,7 @@ impl Engine {
         let state = HostState::new(stdlib_dir, crate::DEFAULT_OUTPUT_LIMIT_BYTES, &[], mounts)?;
         let mut store = Store::new(&engine, state);
         store.set_epoch_deadline(NO_DEADLINE);
+        self.unlimited_fuel(&mut store)?;
         let instance = linker
             .instantiate_async(&mut store, &component)
             .await

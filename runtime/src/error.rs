@@ -94,6 +94,14 @@ pub enum Error {
         /// The Python exception that escaped (its message names the callback).
         error: Box<PythonError>,
     },
+    /// The call used up its fuel
+    /// ([`ResourceLimits::with_fuel`](crate::ResourceLimits::with_fuel)) and
+    /// was stopped; the instance is gone.
+    #[error("the call used up its fuel ({fuel} units)")]
+    FuelExhausted {
+        /// The fuel each call gets.
+        fuel: u64,
+    },
     /// The WebAssembly instance trapped (a guest crash or a limit hit); the
     /// instance is gone, the output written before the trap is kept.
     #[error("the sandbox trapped: {0}")]

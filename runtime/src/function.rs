@@ -146,6 +146,7 @@ impl FunctionBuilder {
             .memory_limit_bytes
             .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
         let mut store = Store::new(&self.unpooled, state);
+        self.engine.unlimited_fuel(&mut store)?;
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(Engine::deadline_ticks(Some(function.import_timeout)));
         let instance = self

@@ -173,6 +173,11 @@ fn module_file(library: &str, module: &str, extension: &str) -> Result<PathBuf> 
     Ok(path)
 }
 
+/// Largest total size a wheel may unpack to: 256 MiB (a zip bomb stops here).
+const MAX_WHEEL_BYTES: u64 = 256 << 20;
+/// Most entries a wheel may have.
+const MAX_WHEEL_ENTRIES: usize = 50_000;
+
 /// Unpacks the pure-Python wheel at `wheel` into
 /// `data_dir/packages/<sha256 of the wheel>/` unless there; returns the
 /// directory.
@@ -180,7 +185,8 @@ fn module_file(library: &str, module: &str, extension: &str) -> Result<PathBuf> 
 /// # Errors
 /// [`Error::Config`] when the file is not a wheel (zip), names a path outside
 /// its root, or carries native code (`Root-Is-Purelib: false`, or a `.so`,
-/// `.pyd` or `.dylib` file): the sandbox runs only pure Python.
+/// `.pyd` or `.dylib` file): the sandbox runs only pure Python; or unpacks to
+/// more than 256 MiB or 50,000 entries.
 /// [`Error::Io`] when it cannot be read or unpacked.
 pub(crate) fn unpack_wheel(wheel: &Path, data_dir: &Path) -> Result<PathBuf> {
     let bytes = std::fs::read(wheel)
@@ -194,7 +200,11 @@ pub(crate) fn unpack_wheel(wheel: &Path, data_dir: &Path) -> Result<PathBuf> {
     let bad = |why: String| Error::Config(format!("package {}: {why}", wheel.display()));
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&bytes))
         .map_err(|e| bad(format!("not a wheel (zip): {e}")))?;
+    if archive.len() > MAX_WHEEL_ENTRIES {
+        return Err(bad(format!("more than {MAX_WHEEL_ENTRIES} entries")));
+    }
     let mut entries = Vec::with_capacity(archive.len());
+    let mut total: u64 = 0;
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
         let Some(path) = entry.enclosed_name() else {
@@ -223,8 +233,19 @@ pub(crate) fn unpack_wheel(wheel: &Path, data_dir: &Path) -> Result<PathBuf> {
         if entry.is_dir() {
             continue;
         }
+        // Read at most what is left of the budget (plus one byte to notice
+        // going past it), whatever sizes the archive declares.
         let mut contents = Vec::new();
-        entry.read_to_end(&mut contents)?;
+        (&mut entry)
+            .take(MAX_WHEEL_BYTES - total + 1)
+            .read_to_end(&mut contents)?;
+        total += contents.len() as u64;
+        if total > MAX_WHEEL_BYTES {
+            return Err(bad(format!(
+                "unpacks to more than {} MiB",
+                MAX_WHEEL_BYTES >> 20
+            )));
+        }
         if name.ends_with(".dist-info/wheel") {
             let text = String::from_utf8_lossy(&contents);
             if text.lines().any(|l| l.trim() == "Root-Is-Purelib: false") {

@@ -37,6 +37,9 @@ struct Captured {
     dropped: u64,
     /// Receives each write (what the limit keeps of it) as it happens.
     handler: Option<(Arc<dyn crate::OutputHandler>, crate::OutputStream)>,
+    /// The start of a UTF-8 character cut at the end of the last write,
+    /// held back from the handler until the rest arrives.
+    partial: Vec<u8>,
 }
 
 impl OutputCapture {
@@ -48,6 +51,7 @@ impl OutputCapture {
                 limit,
                 dropped: 0,
                 handler: None,
+                partial: Vec::new(),
             })),
         }
     }
@@ -68,9 +72,21 @@ impl OutputCapture {
         captured.kept.extend_from_slice(&bytes[..kept]);
         captured.dropped += (bytes.len() - kept) as u64;
         if let (Some((handler, stream)), true) = (captured.handler.clone(), kept > 0) {
-            // Called without the lock, so a handler may take a while.
+            // WASI writes arrive in pieces that may cut a character: hand
+            // over whole characters only.
+            let mut chunk = std::mem::take(&mut captured.partial);
+            chunk.extend_from_slice(&bytes[..kept]);
+            let whole = match std::str::from_utf8(&chunk) {
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                _ => chunk.len(),
+            };
+            captured.partial = chunk.split_off(whole);
+            // Called without the lock (the handler runs inside the guest's
+            // write, so it should be quick).
             drop(captured);
-            handler.on_output(stream, &String::from_utf8_lossy(&bytes[..kept]));
+            if !chunk.is_empty() {
+                handler.on_output(stream, &String::from_utf8_lossy(&chunk));
+            }
         }
     }
 

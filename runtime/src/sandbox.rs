@@ -26,7 +26,7 @@ pub const DEFAULT_STATE_LIMIT_BYTES: usize = 64 << 20;
 ///
 /// ```no_run
 /// # async fn demo(runtime: eryx::Runtime) -> Result<(), eryx::Error> {
-/// let sandbox = eryx::Sandbox::builder(&runtime).build()?;
+/// let sandbox = eryx::Sandbox::builder().with_runtime(&runtime).build()?;
 /// let result = sandbox.execute("print('hello'); 6 * 7").await?;
 /// assert_eq!(result.stdout, "hello\n");
 /// assert_eq!(result.result.as_deref(), Some("42"));
@@ -53,6 +53,8 @@ pub(crate) struct Settings {
     pub(crate) output: Option<Arc<dyn OutputHandler>>,
     /// Host directories of libraries and packages, mounted read-only.
     pub(crate) mounts: Vec<std::path::PathBuf>,
+    /// Fuel per call (the engine meters fuel).
+    pub(crate) fuel: Option<u64>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -103,6 +105,14 @@ pub struct ResourceLimits {
     /// `TimeoutError`), which, if it escapes, fails the call with
     /// [`Error::CallbackTimeout`](crate::Error::CallbackTimeout).
     pub callback_timeout: Option<Duration>,
+    /// Fuel per call: a deterministic cap on the work the code does
+    /// (wasmtime fuel: about one unit per wasm instruction), independent of
+    /// the machine's speed; past it the call fails with
+    /// [`Error::FuelExhausted`](crate::Error::FuelExhausted). Needs a
+    /// runtime on an engine with
+    /// [`EngineOptions::fuel_metering`](crate::EngineOptions::fuel_metering)
+    /// (the shared default runtime has none).
+    pub fuel: Option<u64>,
 }
 
 impl ResourceLimits {
@@ -121,6 +131,12 @@ impl ResourceLimits {
     /// Sets [`max_callback_invocations`](ResourceLimits::max_callback_invocations).
     pub fn with_max_callback_invocations(mut self, invocations: u32) -> Self {
         self.max_callback_invocations = Some(invocations);
+        self
+    }
+
+    /// Sets [`fuel`](ResourceLimits::fuel).
+    pub fn with_fuel(mut self, fuel: u64) -> Self {
+        self.fuel = Some(fuel);
         self
     }
 
@@ -207,6 +223,7 @@ impl Sandbox {
                 trace: None,
                 output: None,
                 mounts: Vec::new(),
+                fuel: None,
             },
             pending_callbacks: Vec::new(),
             libraries: Vec::new(),
@@ -214,6 +231,16 @@ impl Sandbox {
             preload: Vec::new(),
             data_dir: None,
         }
+    }
+
+    /// This sandbox without its callbacks (same runtime, limits, libraries
+    /// and packages): Python sees no host function. For code that must not
+    /// reach the host API, e.g. an operator's `execute` in a function's
+    /// session.
+    pub fn without_callbacks(&self) -> Sandbox {
+        let mut sandbox = self.clone();
+        sandbox.settings.callbacks = Arc::default();
+        sandbox
     }
 
     /// The names of the callbacks Python can await in this sandbox, in the
@@ -361,7 +388,8 @@ impl SandboxBuilder {
         self
     }
 
-    /// Where [`build`](Self::build) unpacks libraries and packages (default:
+    /// Where [`build`](Self::build) unpacks libraries and packages and keeps
+    /// preload snapshots (default:
     /// [`default_data_dir`](crate::base::default_data_dir)).
     pub fn with_data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
@@ -407,6 +435,9 @@ impl SandboxBuilder {
         if let Some(timeout) = limits.callback_timeout {
             self.settings.callback_limits.timeout = Some(timeout);
         }
+        if let Some(fuel) = limits.fuel {
+            self.settings.fuel = Some(fuel);
+        }
         self
     }
 
@@ -439,7 +470,7 @@ impl SandboxBuilder {
     /// identifiers; a package that is not a pure-Python wheel (see
     /// [`with_package`](Self::with_package)), or
     /// [`with_preload`](Self::with_preload) on a runtime without a snapshot
-    /// file; [`Error::Preinit`](crate::Error::Preinit) when a preloaded
+    /// file, or a fuel limit on an engine that does not meter fuel; [`Error::Preinit`](crate::Error::Preinit) when a preloaded
     /// module does not import. [`Error::Io`](crate::Error::Io) when a
     /// library or package cannot be written to the data directory.
     pub fn build(mut self) -> Result<Sandbox> {
@@ -453,11 +484,11 @@ impl SandboxBuilder {
             }
             self.settings.callbacks = Arc::new(callbacks);
         }
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(crate::base::default_data_dir);
         if !self.libraries.is_empty() || !self.packages.is_empty() {
-            let data_dir = self
-                .data_dir
-                .clone()
-                .unwrap_or_else(crate::base::default_data_dir);
             for library in &self.libraries {
                 if let Some(dir) = library.install(&data_dir)? {
                     self.settings.mounts.push(dir);
@@ -473,9 +504,19 @@ impl SandboxBuilder {
             Some(runtime) => runtime,
             None => Runtime::shared()?,
         };
+        if self.settings.fuel.is_some() && !runtime.engine().options().fuel_metering {
+            return Err(crate::Error::Config(
+                "a fuel limit needs a runtime on an engine with EngineOptions::with_fuel_metering(true)"
+                    .into(),
+            ));
+        }
         if !self.preload.is_empty() {
-            runtime =
-                crate::base::shared::preloaded(&runtime, &self.settings.mounts, &self.preload)?;
+            runtime = crate::base::shared::preloaded(
+                &runtime,
+                &data_dir,
+                &self.settings.mounts,
+                &self.preload,
+            )?;
         }
         Ok(Sandbox {
             runtime,

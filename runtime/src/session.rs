@@ -104,6 +104,7 @@ impl Session {
         }
         let start = Instant::now();
         let mut store = Store::new(runtime.engine().wasmtime(), state);
+        runtime.engine().unlimited_fuel(&mut store)?;
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(NO_DEADLINE);
         let instance = runtime
@@ -121,6 +122,13 @@ impl Session {
             instantiate_time: start.elapsed(),
             poisoned: false,
         })
+    }
+
+    /// Removes this session's callbacks: later calls see no host function
+    /// (see [`Sandbox::without_callbacks`](crate::Sandbox::without_callbacks)).
+    pub fn clear_callbacks(&mut self) {
+        self.settings.callbacks = std::sync::Arc::default();
+        self.store.data_mut().callbacks = std::sync::Arc::default();
     }
 
     /// How long creating this session's instance took.
@@ -209,6 +217,8 @@ impl Session {
         let state = self.store.data_mut();
         state.invocations = 0;
         state.invocation_limit_hit = false;
+        state.callback_timeout_hit = false;
+        state.callbacks_open = true;
         let call = self.store.run_concurrent(async move |accessor| match call {
             Call::Execute(code) => instance.call_execute(accessor, code, options).await,
             Call::Handler(event, context) => {
@@ -219,6 +229,7 @@ impl Session {
         });
         let waited = within(timeout, call).await;
         let duration = start.elapsed();
+        self.store.data_mut().callbacks_open = false;
         let value = self.end(waited.map(|outcome| outcome.and_then(|r| r)))?;
         tracing::debug!(elapsed_us = duration.as_micros() as u64, "called");
         Ok((value, duration))
@@ -229,6 +240,9 @@ impl Session {
     /// The call itself then runs under [`within`] the settings' timeout.
     fn begin(&mut self) -> Result<Instant> {
         self.ensure_usable()?;
+        if let Some(fuel) = self.settings.fuel {
+            self.store.set_fuel(fuel).map_err(Error::from_wasmtime)?;
+        }
         Ok(self.arm_deadline())
     }
 
@@ -240,6 +254,11 @@ impl Session {
         let outcome = waited.inspect_err(|_| self.poisoned = true)?;
         outcome.map_err(|error| {
             self.poisoned = true;
+            if let (Some(wasmtime::Trap::OutOfFuel), Some(fuel)) =
+                (error.downcast_ref::<wasmtime::Trap>(), self.settings.fuel)
+            {
+                return Error::FuelExhausted { fuel };
+            }
             let state = self.store.data();
             call_error(
                 error,
@@ -356,10 +375,12 @@ impl Session {
                     error: python.clone(),
                 }
             }
-            ("eryx.CallbackTimeout", _, Some(limit)) => Error::CallbackTimeout {
-                limit,
-                error: python.clone(),
-            },
+            ("eryx.CallbackTimeout", _, Some(limit)) if state.callback_timeout_hit => {
+                Error::CallbackTimeout {
+                    limit,
+                    error: python.clone(),
+                }
+            }
             _ => error,
         }
     }

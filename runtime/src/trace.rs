@@ -6,9 +6,14 @@
 //! only when a handler is set, and hands them over in batches of up to 256
 //! events, so a traced line costs a Python call, not a host call.
 //!
-//! An [`OutputHandler`] receives stdout and stderr as they are written (each
-//! `write` of Python's streams, in order), besides the output collected in the
-//! result. It sees what the output limit keeps, no more.
+//! An [`OutputHandler`] receives stdout and stderr as they are written (in
+//! the pieces WASI delivers them: a Python `write` of more than 4 KiB may
+//! come in several, never cutting a character), in order, besides the output
+//! collected in the result. It sees what the output limit keeps, no more.
+//!
+//! Both come from the guest, so they are untrusted: user code can write
+//! anything to its streams and can report made-up trace events. Sizes are
+//! capped; the contents are the code's word, not the host's.
 
 use crate::bindings;
 use crate::untrusted::{self, cap};
@@ -67,6 +72,9 @@ pub enum OutputStream {
 }
 
 /// Receives output as it is written; see [`SandboxBuilder::with_output_handler`](crate::SandboxBuilder::with_output_handler).
+///
+/// Called inside the guest's write, on the runtime's worker: it should be
+/// quick (the call's timeout cannot interrupt it).
 pub trait OutputHandler: Send + Sync + 'static {
     /// `text` was written to `stream` (invalid UTF-8 replaced).
     fn on_output(&self, stream: OutputStream, text: &str);

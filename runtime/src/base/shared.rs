@@ -231,15 +231,20 @@ static PRELOADED: Mutex<Option<HashMap<String, Runtime>>> = Mutex::new(None);
 /// A runtime whose instances start with `modules` imported from `mounts`
 /// (libraries and packages, mounted in this order) and the standard
 /// library: `base`'s snapshot re-snapshotted with them imported, precompiled
-/// (mostly from the compile cache), kept in the data directory under
-/// `runtime/preload-<key>` and once per process in memory.
+/// (mostly from the compile cache when the engine has one), kept in
+/// `data_dir` under `runtime/preload-<key>` and once per process in memory.
 ///
 /// # Errors
 /// [`Error::Config`] when `base` has no snapshot file
 /// ([`RuntimeBuilder::with_snapshot_file`](crate::RuntimeBuilder::with_snapshot_file));
 /// [`Error::CorruptArtifact`] when that file does not have its hash;
 /// [`Error::Preinit`] when a module does not import; [`Error::Host`].
-pub(crate) fn preloaded(base: &Runtime, mounts: &[PathBuf], modules: &[String]) -> Result<Runtime> {
+pub(crate) fn preloaded(
+    base: &Runtime,
+    data_dir: &Path,
+    mounts: &[PathBuf],
+    modules: &[String],
+) -> Result<Runtime> {
     let Some((snapshot, snapshot_hash)) = base.snapshot_file() else {
         return Err(Error::Config(
             "with_preload needs a runtime that knows its snapshot file: the shared runtime, or one built with_snapshot_file".into(),
@@ -249,7 +254,14 @@ pub(crate) fn preloaded(base: &Runtime, mounts: &[PathBuf], modules: &[String]) 
     for part in [PRELOAD_RECIPE, snapshot_hash, base.engine().fingerprint()]
         .into_iter()
         .map(str::to_owned)
-        .chain(mounts.iter().map(|m| m.display().to_string()))
+        // Mount directories are named by their content hash: the name, not
+        // the data directory's path, is what the snapshot depends on.
+        .chain(mounts.iter().map(|m| {
+            m.file_name().map_or_else(
+                || m.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        }))
         .chain(std::iter::once("modules".to_owned()))
         .chain(modules.iter().cloned())
     {
@@ -265,9 +277,9 @@ pub(crate) fn preloaded(base: &Runtime, mounts: &[PathBuf], modules: &[String]) 
     let runtime = std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let data_dir = super::default_data_dir();
-                let signing = super::signing_key(&data_dir)?;
+                let signing = super::signing_key(data_dir)?;
                 let dir = data_dir.join("runtime");
+                std::fs::create_dir_all(&dir)?;
                 let lock = std::fs::File::create(dir.join("build.lock"))?;
                 lock.lock()?;
                 let paths = Paths::new(&dir, &format!("preload-{key}"));

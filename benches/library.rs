@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use eryx::{CallbackError, TraceEvent, TypedCallback};
@@ -23,11 +22,6 @@ mod common;
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 struct Noop {}
-
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-struct Wait {
-    ms: u64,
-}
 
 fn noop() -> impl eryx::Callback {
     TypedCallback::new("noop", "Does nothing.", |_: Noop| async {
@@ -40,14 +34,7 @@ fn benches(c: &mut Criterion) {
     let callbacks = eryx::Sandbox::builder()
         .with_runtime(&setup.runtime)
         .with_callback(noop())
-        .with_callback(TypedCallback::new(
-            "wait",
-            "Waits.",
-            |args: Wait| async move {
-                tokio::time::sleep(Duration::from_millis(args.ms)).await;
-                Ok::<_, CallbackError>(())
-            },
-        ))
+        .with_callback(eryx_tests::wait_callback())
         .build()
         .unwrap();
     let plain = eryx::Sandbox::builder()

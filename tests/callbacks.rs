@@ -277,16 +277,7 @@ async fn async_handler_awaits_callbacks_with_gather() {
             return {'tags': tags, 'echo': await echo(message=context.function_name)}\n";
     let sandbox = sandbox().build().unwrap();
     let mut session = sandbox.session().await.unwrap();
-    session
-        .load_function(&eryx::FunctionSource {
-            module_name: "fan",
-            source,
-            handler: "handler",
-            import_timeout: Duration::from_secs(10),
-            memory_limit_bytes: None,
-        })
-        .await
-        .unwrap();
+    eryx_tests::load_function(&mut session, "fan", source).await;
     let context = eryx::HandlerContext {
         request_id: "r1".into(),
         function_name: "fan".into(),

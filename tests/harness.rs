@@ -640,3 +640,37 @@ pub fn capture_json_logs() -> CapturedLogs {
         .init();
     logs
 }
+
+/// Arguments of [`wait_callback`].
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+pub struct WaitArgs {
+    /// Milliseconds to wait on the host.
+    pub ms: u64,
+}
+
+/// A host callback `wait(ms=...)` that sleeps on the host and returns `None`.
+pub fn wait_callback() -> impl eryx::Callback {
+    eryx::TypedCallback::new(
+        "wait",
+        "Waits `ms` milliseconds on the host.",
+        |args: WaitArgs| async move {
+            tokio::time::sleep(Duration::from_millis(args.ms)).await;
+            Ok::<_, eryx::CallbackError>(())
+        },
+    )
+}
+
+/// Imports `source` as module `module` (handler `handler`) into `session`,
+/// with a 10 s import timeout; panics if it fails.
+pub async fn load_function(session: &mut eryx::Session, module: &str, source: &str) {
+    session
+        .load_function(&eryx::FunctionSource {
+            module_name: module,
+            source,
+            handler: "handler",
+            import_timeout: Duration::from_secs(10),
+            memory_limit_bytes: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("loading {module}: {e}"));
+}

@@ -3,13 +3,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eryx::{CallbackError, OutputStream, TraceEvent, TraceKind, TypedCallback};
+use eryx::{OutputStream, TraceEvent, TraceKind};
 use eryx_tests::runtime;
-
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-struct Wait {
-    ms: u64,
-}
 
 #[tokio::test]
 async fn trace_events_of_a_small_program_match_its_line_numbers() {
@@ -79,14 +74,7 @@ async fn output_arrives_incrementally_and_in_order() {
     let sink = chunks.clone();
     let sandbox = eryx::Sandbox::builder()
         .with_runtime(runtime())
-        .with_callback(TypedCallback::new(
-            "wait",
-            "Waits.",
-            |args: Wait| async move {
-                tokio::time::sleep(Duration::from_millis(args.ms)).await;
-                Ok::<_, CallbackError>(())
-            },
-        ))
+        .with_callback(eryx_tests::wait_callback())
         .with_output_handler(move |stream: OutputStream, text: &str| {
             sink.lock()
                 .unwrap()

@@ -179,16 +179,12 @@ async fn nul_in_an_environment_value_is_refused_when_the_sandbox_is_built() {
 async fn handler_without_a_timeout_sees_no_remaining_time_instead_of_a_type_error() {
     let sandbox = sandbox();
     let mut session = sandbox.session().await.unwrap();
-    session
-        .load_function(&eryx::FunctionSource {
-            module_name: "clock",
-            source: "def handler(event, context):\n    return [context.timeout_ms, context.remaining_time_ms()]\n",
-            handler: "handler",
-            import_timeout: Duration::from_secs(10),
-            memory_limit_bytes: None,
-        })
-        .await
-        .unwrap();
+    eryx_tests::load_function(
+        &mut session,
+        "clock",
+        "def handler(event, context):\n    return [context.timeout_ms, context.remaining_time_ms()]\n",
+    )
+    .await;
     let context = eryx::HandlerContext {
         request_id: "r".into(),
         function_name: "clock".into(),

@@ -714,3 +714,30 @@ async fn a_hostile_pickle_put_as_state_runs_only_inside_the_sandbox() {
     assert_eq!(after["result"], "('dict', False)");
     let _ = std::fs::remove_file(marker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_in_a_function_session_gets_no_host_api_but_its_handler_does() {
+    let gw = TestGateway::start(Config::new()).await;
+    let client = Client::new(&gw.url);
+    let source = "import kv\n\nasync def handler(event, context):\n    await kv.put('seen', event)\n    return await kv.get('seen')\n";
+    gw.deploy("kv-owner", source).await;
+    let session = client.create(json!({"function": "kv-owner"})).await;
+    assert_eq!(
+        client.invoke("kv-owner", &session).await.0,
+        200,
+        "the handler reaches kv"
+    );
+    // Code sent to the session is the operator's: no kv_put, no log_write.
+    let seen = client
+        .ok(
+            &session,
+            "import eryx\n[hasattr(eryx, n) for n in ('kv_put', 'kv_get', 'log_write')]",
+        )
+        .await;
+    assert_eq!(seen["result"], "[False, False, False]", "{seen}");
+    let (status, body) = client
+        .execute(&session, "await kv.put('seen', 'forged')")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+}

@@ -1,6 +1,6 @@
 //! # eryx-bundle: what the eryx binary embeds
 //!
-//! At build time (from `eryx-preinit`'s build script) this crate fetches the
+//! At build time (from the `eryx` crate's build script) this crate fetches the
 //! pinned `componentize-py` wheel with pip, extracts CPython 3.14 for WASI
 //! from it ([`wheel`]), builds the Rust guest against it ([`guest`]), and
 //! [`pack`]s both into files the binary includes. At run time [`unpack`]

@@ -162,23 +162,45 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Fills a directory atomically: `fill` writes into a fresh temporary sibling
-/// directory, which is then renamed to `dir`, so readers never see it half made.
+/// Fills a CPython distribution directory atomically (see
+/// [`fill_dir_atomically`]); it is complete once its adapter, written last,
+/// exists.
 pub(crate) fn atomic_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    fill_dir_atomically(dir, |d| d.join(ADAPTER_FILE).exists(), fill)
+}
+
+/// Fills a directory atomically: `fill` writes into a fresh temporary sibling
+/// directory, which is then renamed to `dir`, so readers never see it half
+/// made. A complete copy (`is_complete`) made meanwhile by another process is
+/// kept (others may be using it); an incomplete one is replaced.
+///
+/// # Errors
+/// `fill`'s error; [`Error::Io`] when the directory cannot be made or renamed.
+pub fn fill_dir_atomically(
+    dir: &Path,
+    is_complete: impl Fn(&Path) -> bool,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent)?;
     let tmp = tempfile::tempdir_in(parent)?;
     fill(tmp.path())?;
-    // A complete copy made meanwhile by another process is kept (others may
-    // be using it); a partial one (no adapter, which comes last) is replaced.
-    if dir.join(ADAPTER_FILE).exists() {
+    if is_complete(dir) {
         return Ok(());
     }
     if dir.exists() {
         fs::remove_dir_all(dir)?;
     }
-    match fs::rename(tmp.keep(), dir) {
-        Err(_) if dir.join(ADAPTER_FILE).exists() => Ok(()),
-        outcome => Ok(outcome?),
+    let filled = tmp.keep();
+    match fs::rename(&filled, dir) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let _ = fs::remove_dir_all(&filled);
+            if is_complete(dir) {
+                Ok(())
+            } else {
+                Err(error.into())
+            }
+        }
     }
 }

@@ -270,27 +270,12 @@ pub(crate) fn unpack_wheel(wheel: &Path, data_dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Fills `dir` once: `fill` writes a temporary sibling that is renamed into
-/// place, so readers see all of it or nothing; a copy that appeared meanwhile
-/// (another process) is kept.
+/// Fills `dir` once (a directory that exists is complete: every directory
+/// here is named by the hash of its content), atomically.
 fn fill_once(dir: &Path, fill: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     if dir.exists() {
         return Ok(());
     }
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let tmp = tempfile::tempdir_in(parent)?;
-    fill(tmp.path())?;
-    let tmp = tmp.keep();
-    match std::fs::rename(&tmp, dir) {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            if dir.exists() {
-                Ok(())
-            } else {
-                Err(error.into())
-            }
-        }
-    }
+    eryx_bundle::fill_dir_atomically(dir, Path::exists, |tmp| Ok(fill(tmp)?))?;
+    Ok(())
 }

@@ -17,7 +17,6 @@ pub use eryx::base::{
 };
 pub use store::{ArtifactStore, Manifest, is_artifact_key};
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Errors of the build pipeline.
@@ -80,13 +79,3 @@ pub fn unix_ms() -> u64 {
 }
 
 pub use eryx_bundle::sha256_hex;
-
-/// Writes a file atomically (temporary sibling, then rename).
-pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent)?;
-    let tmp = tempfile::NamedTempFile::new_in(parent)?;
-    fs::write(tmp.path(), bytes)?;
-    tmp.persist(path).map_err(|e| Error::Io(e.error))?;
-    Ok(())
-}

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, atomic_write};
+use crate::{Error, Result};
+use eryx::base::atomic_write;
 
 /// The description stored beside every artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

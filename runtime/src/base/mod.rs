@@ -207,8 +207,12 @@ pub async fn build_base(
     })
 }
 
-/// Writes a file atomically (temporary sibling, then rename).
-pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes a file atomically (temporary sibling, then rename): a reader sees
+/// the old file or the whole new one.
+///
+/// # Errors
+/// [`Error::Io`](crate::Error::Io).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent)?;
     let tmp = tempfile::NamedTempFile::new_in(parent)?;

@@ -179,10 +179,10 @@ impl SandboxImports for HostState {
     fn list_callbacks(&mut self) -> Vec<CallbackInfo> {
         self.callbacks
             .iter()
-            .map(|callback| CallbackInfo {
-                name: callback.name().to_owned(),
-                description: callback.description().to_owned(),
-                parameters_schema_json: callback.parameters_schema().to_string(),
+            .map(|registered| CallbackInfo {
+                name: registered.callback.name().to_owned(),
+                description: registered.callback.description().to_owned(),
+                parameters_schema_json: registered.schema.to_string(),
             })
             .collect()
     }
@@ -223,7 +223,7 @@ impl Drop for InFlight {
 
 /// What `invoke` needs to run one callback.
 struct Invocation {
-    callback: Arc<dyn crate::Callback>,
+    registered: crate::callback::Registered,
     timeout: Option<std::time::Duration>,
     _in_flight: InFlight,
 }
@@ -238,7 +238,7 @@ impl HostState {
                 "host callbacks are available only while code runs (execute or a handler)",
             ));
         }
-        let Some(callback) = self.callbacks.get(name).cloned() else {
+        let Some(registered) = self.callbacks.get(name).cloned() else {
             return Err(CallbackError::with_kind(
                 CallbackErrorKind::NotFound,
                 format!("no host callback named {name:?}"),
@@ -261,7 +261,7 @@ impl HostState {
         };
         self.invocations += 1;
         Ok(Invocation {
-            callback,
+            registered,
             timeout: self.callback_limits.timeout,
             _in_flight: in_flight,
         })
@@ -281,13 +281,9 @@ impl SandboxImportsWithStore<HostState> for HasSelf<HostState> {
         // can call the host directly: check the same rules again here.
         let arguments: serde_json::Value = serde_json::from_str(&arguments_json)
             .map_err(|e| CallbackError::invalid_arguments(format!("{name}(): {e}")).to_wire())?;
-        crate::callback::check_arguments(
-            &name,
-            &invocation.callback.parameters_schema(),
-            &arguments,
-        )
-        .map_err(|e| e.to_wire())?;
-        let call = invocation.callback.call(arguments);
+        crate::callback::check_arguments(&name, &invocation.registered.schema, &arguments)
+            .map_err(|e| e.to_wire())?;
+        let call = invocation.registered.callback.call(arguments);
         let outcome = match invocation.timeout {
             Some(limit) => match tokio::time::timeout(limit, call).await {
                 Ok(outcome) => outcome,

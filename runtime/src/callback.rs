@@ -273,17 +273,25 @@ impl Callback for DynamicCallback {
     }
 }
 
+/// A registered callback and its schema, asked for once at registration
+/// (every invocation checks arguments against it).
+#[derive(Clone)]
+pub(crate) struct Registered {
+    pub(crate) callback: Arc<dyn Callback>,
+    pub(crate) schema: Arc<Value>,
+}
+
 /// The callbacks of a sandbox, by name, in registration order.
 #[derive(Clone, Default)]
 pub(crate) struct Callbacks {
-    ordered: Vec<Arc<dyn Callback>>,
+    ordered: Vec<Registered>,
     by_name: HashMap<String, usize>,
 }
 
 impl fmt::Debug for Callbacks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.ordered.iter().map(|c| c.name()))
+            .entries(self.ordered.iter().map(|r| r.callback.name()))
             .finish()
     }
 }
@@ -516,11 +524,15 @@ impl Callbacks {
                 "callback name {name:?}: must be a Python identifier that is not a keyword or builtin"
             )));
         }
+        let registered = Registered {
+            schema: Arc::new(callback.parameters_schema()),
+            callback,
+        };
         match self.by_name.get(&name) {
-            Some(&i) => self.ordered[i] = callback,
+            Some(&i) => self.ordered[i] = registered,
             None => {
                 self.by_name.insert(name, self.ordered.len());
-                self.ordered.push(callback);
+                self.ordered.push(registered);
             }
         }
         Ok(())
@@ -530,11 +542,11 @@ impl Callbacks {
         self.ordered.is_empty()
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn Callback>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Registered> {
         self.by_name.get(name).map(|&i| &self.ordered[i])
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<dyn Callback>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Registered> {
         self.ordered.iter()
     }
 }

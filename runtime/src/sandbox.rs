@@ -249,7 +249,7 @@ impl Sandbox {
         self.settings
             .callbacks
             .iter()
-            .map(|c| c.name().to_owned())
+            .map(|r| r.callback.name().to_owned())
             .collect()
     }
 

@@ -51,11 +51,8 @@ impl Runtime {
             return Ok(runtime.clone());
         }
         let data_dir = super::default_data_dir();
-        let runtime = std::thread::scope(|scope| {
-            scope
-                .spawn(|| load_or_build(&data_dir, &LogProgress))
-                .join()
-                .unwrap_or_else(|_| Err(Error::Host("building the shared runtime panicked".into())))
+        let runtime = on_own_thread("building the shared runtime", || {
+            load_or_build(&data_dir, &LogProgress)
         })?;
         *shared = Some(runtime.clone());
         Ok(runtime)
@@ -140,10 +137,7 @@ fn load_or_build(data_dir: &Path, progress: &dyn Progress) -> Result<Runtime> {
     let signing = super::signing_key(data_dir)?;
     let engine = shared_engine(data_dir, &signing)?;
     let key = shared_key(&engine);
-    let dir = data_dir.join("runtime");
-    std::fs::create_dir_all(&dir)?;
-    let lock = std::fs::File::create(dir.join("build.lock"))?;
-    lock.lock()?;
+    let (dir, _lock) = lock_runtime_dir(data_dir)?;
     let stdlib = super::dist::ensure_dist(data_dir, progress)?.stdlib_dir();
     let paths = Paths::new(&dir, &key);
     if let Some(record) = Record::read(&paths.record, &key, &signing) {
@@ -157,6 +151,30 @@ fn load_or_build(data_dir: &Path, progress: &dyn Progress) -> Result<Runtime> {
     paths
         .store(key, &built.cwasm, &built.snapshot, &signing)?
         .load_with(&engine, &stdlib)
+}
+
+/// Runs `work` on a thread of its own and waits for it: the CPU-heavy builds
+/// below then never run on an async worker's stack, and may start a tokio
+/// runtime of their own even when the caller is inside one. A panic becomes
+/// [`Error::Host`] naming `what`.
+fn on_own_thread<T: Send>(what: &str, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(work)
+            .join()
+            .unwrap_or_else(|_| Err(Error::Host(format!("{what} panicked"))))
+    })
+}
+
+/// `data_dir/runtime`, created if needed, and the exclusive lock on its
+/// `build.lock` (held until the file is dropped): processes sharing the data
+/// directory build each runtime once.
+fn lock_runtime_dir(data_dir: &Path) -> Result<(PathBuf, std::fs::File)> {
+    let dir = data_dir.join("runtime");
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::File::create(dir.join("build.lock"))?;
+    lock.lock()?;
+    Ok((dir, lock))
 }
 
 /// Runs `future` to completion on a current-thread tokio runtime (the
@@ -274,48 +292,32 @@ pub(crate) fn preloaded(
         return Ok(runtime.clone());
     }
     let (snapshot, snapshot_hash) = (snapshot.to_owned(), snapshot_hash.to_owned());
-    let runtime = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let signing = super::signing_key(data_dir)?;
-                let dir = data_dir.join("runtime");
-                std::fs::create_dir_all(&dir)?;
-                let lock = std::fs::File::create(dir.join("build.lock"))?;
-                lock.lock()?;
-                let paths = Paths::new(&dir, &format!("preload-{key}"));
-                if let Some(record) = Record::read(&paths.record, &key, &signing)
-                    && let Ok(runtime) = paths.load(base.engine(), &record, base.stdlib_dir())
-                {
-                    return Ok(runtime);
-                }
-                let bytes = std::fs::read(&snapshot)?;
-                let actual = crate::content_hash(&bytes);
-                if actual != snapshot_hash {
-                    return Err(Error::CorruptArtifact {
-                        path: snapshot.clone(),
-                        expected: snapshot_hash.clone(),
-                        actual,
-                    });
-                }
-                tracing::info!(?modules, "snapshotting preloaded modules");
-                let engine = base.engine();
-                let preloaded = block_on(engine.preinitialize_with_mounts(
-                    &bytes,
-                    base.stdlib_dir(),
-                    modules,
-                    mounts,
-                ))?;
-                let cwasm = engine.precompile(&preloaded)?;
-                paths
-                    .store(key.clone(), &cwasm, &preloaded, &signing)?
-                    .load_with(engine, base.stdlib_dir())
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(Error::Host(
-                    "snapshotting preloaded modules panicked".into(),
-                ))
-            })
+    let runtime = on_own_thread("snapshotting preloaded modules", || {
+        let signing = super::signing_key(data_dir)?;
+        let (dir, _lock) = lock_runtime_dir(data_dir)?;
+        let paths = Paths::new(&dir, &format!("preload-{key}"));
+        if let Some(record) = Record::read(&paths.record, &key, &signing)
+            && let Ok(runtime) = paths.load(base.engine(), &record, base.stdlib_dir())
+        {
+            return Ok(runtime);
+        }
+        let bytes = std::fs::read(&snapshot)?;
+        let actual = crate::content_hash(&bytes);
+        if actual != snapshot_hash {
+            return Err(Error::CorruptArtifact {
+                path: snapshot.clone(),
+                expected: snapshot_hash.clone(),
+                actual,
+            });
+        }
+        tracing::info!(?modules, "snapshotting preloaded modules");
+        let engine = base.engine();
+        let preloaded =
+            block_on(engine.preinitialize_with_mounts(&bytes, base.stdlib_dir(), modules, mounts))?;
+        let cwasm = engine.precompile(&preloaded)?;
+        paths
+            .store(key.clone(), &cwasm, &preloaded, &signing)?
+            .load_with(engine, base.stdlib_dir())
     })?;
     cache
         .get_or_insert_with(HashMap::new)

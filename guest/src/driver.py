@@ -113,13 +113,10 @@ class _Selector:
 
                 time.sleep(timeout)
             return []
-        if timeout is not None and timeout <= 0:
-            _drain(_host.wait(False))
-            return []
-        if timeout is not None and not _arm_timer(timeout):
-            _drain(_host.wait(False))
-            return []
-        _drain(_host.wait(True))
+        # Block until something finishes, unless the loop's next timer is due
+        # now (or its host timer could not be armed): then only poll.
+        block = timeout is None or (timeout > 0 and _arm_timer(timeout))
+        _drain(_host.wait(block))
         return []
 
     def close(self):
@@ -175,11 +172,11 @@ def _drain(event):
 
 
 def _end_host_calls():
-    """At the end of a call: nothing started by it may outlive it."""
+    """At the end of a call: forgets its host calls (the Rust guest cancels
+    every one still in flight once the driver returns)."""
     global _TIMER
     _FUTURES.clear()
     _TIMER = None
-    _host.cancel_all()
 
 
 def _install_event_loop(asyncio):

@@ -16,8 +16,6 @@ pub fn install() -> PyResult<()> {
             (c"sleep", sleep),
             (c"wait", wait),
             (c"cancel", cancel),
-            (c"cancel_all", cancel_all),
-            (c"pending", pending),
             (c"callbacks", callbacks),
             (c"trace", trace),
         ],
@@ -82,17 +80,6 @@ fn cancel(args: &[Obj]) -> PyResult<Obj> {
     let handle = arg(args, 0)?.to_u64()?;
     task::cancel(u32::try_from(handle).map_err(|_| format!("bad handle {handle}"))?);
     Ok(Obj::none())
-}
-
-/// `cancel_all()`: cancels every call in flight.
-fn cancel_all(_args: &[Obj]) -> PyResult<Obj> {
-    task::cancel_all();
-    Ok(Obj::none())
-}
-
-/// `pending()` → whether any call is in flight.
-fn pending(_args: &[Obj]) -> PyResult<Obj> {
-    Obj::bool(task::any_pending())
 }
 
 /// `callbacks()` → `[(name, description, parameters_schema_json)]`.

@@ -82,11 +82,6 @@ pub fn start(name: &str, args: Vec<Val>) -> Result<Option<Val>, u32> {
     Err(handle)
 }
 
-/// Whether any subtask is in flight.
-pub fn any_pending() -> bool {
-    TASKS.with_borrow(|tasks| !tasks.pending.is_empty())
-}
-
 /// Waits (blocking the instance, which lets the host run its side of every
 /// subtask) until a subtask finishes, or only polls if `block` is false.
 pub fn wait(block: bool) -> Finished {

@@ -156,13 +156,9 @@ pub fn fetch_wheel(wheel: Wheel) -> std::path::PathBuf {
             .expect("running pip to fetch a test wheel");
         assert!(status.success(), "pip download {requirement} failed");
     }
-    let actual = eryx_bundle_sha256(&std::fs::read(&path).unwrap());
+    let actual = eryx_preinit::sha256_hex(&std::fs::read(&path).unwrap());
     assert_eq!(actual, sha256, "{file}: unexpected sha256");
     path
-}
-
-fn eryx_bundle_sha256(bytes: &[u8]) -> String {
-    eryx_preinit::sha256_hex(bytes)
 }
 
 /// An engine with a pool sized for tests.

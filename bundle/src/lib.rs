@@ -151,10 +151,23 @@ pub fn unpack(packed: &[u8], dir: &Path) -> Result<PythonDist> {
         zstd::stream::read::Decoder::new(packed)?.read_to_end(&mut archive)?;
         tar::Archive::new(archive.as_slice())
             .unpack(tmp)
-            .map_err(|e| Error::Extract(format!("the embedded distribution: {e}")))?;
+            .map_err(|e| Error::Extract(format!("the embedded distribution: {}", chain(&e))))?;
         Ok(())
     })?;
     Ok(dist)
+}
+
+/// `error` and each of its sources, joined by `: ` (tar's "failed to unpack"
+/// keeps the reason, e.g. a full disk, only in its source).
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// sha256 of `bytes` as lowercase hex.

@@ -750,6 +750,12 @@ def after_restore(environment):
     if "random" in sys.modules:
         sys.modules["random"].seed()
     _apply_paths()
+    # The instance's own writable, in-memory working directory (the host's
+    # `/work`; `/tmp` beside it).
+    try:
+        os.chdir("/work")
+    except OSError:
+        pass
 
 
 def _apply_paths():

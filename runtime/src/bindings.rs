@@ -40,6 +40,8 @@ pub(crate) struct HostState {
     /// Host calls (`invoke`, `sleep`) in flight, capped at [`MAX_IN_FLIGHT`].
     pub(crate) in_flight: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) trace: Option<Arc<dyn TraceHandler>>,
+    /// The instance's writable in-memory `/tmp` and `/work`.
+    pub(crate) memfs: crate::memfs::MemFs,
 }
 
 /// Caps each linear memory of an instance, and remembers whether the cap
@@ -98,6 +100,7 @@ impl HostState {
         output_limit_bytes: u32,
         env: &[(String, String)],
         mounts: &[std::path::PathBuf],
+        fs_limits: crate::FsLimits,
     ) -> Result<HostState> {
         let stdout = OutputCapture::new(output_limit_bytes as usize);
         let stderr = OutputCapture::new(output_limit_bytes as usize);
@@ -112,6 +115,7 @@ impl HostState {
             .env("PYTHONHOME", "/python")
             .env("PYTHONPATH", "/python")
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("TMPDIR", crate::TMP_DIR)
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
@@ -145,6 +149,7 @@ impl HostState {
             callbacks_open: false,
             in_flight: Arc::default(),
             trace: None,
+            memfs: crate::memfs::MemFs::new(fs_limits),
         })
     }
 }
@@ -164,6 +169,20 @@ pub fn check_env(key: &str, value: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+impl HostState {
+    /// `wasi:filesystem` of this instance: wasmtime-wasi's host-backed
+    /// directories and the in-memory tree.
+    pub(crate) fn filesystem_view(&mut self) -> crate::memfs::FsView<'_> {
+        crate::memfs::FsView {
+            host: wasmtime_wasi::filesystem::WasiFilesystemCtxView {
+                ctx: self.wasi.filesystem(),
+                table: &mut self.table,
+            },
+            mem: &self.memfs,
+        }
+    }
 }
 
 impl WasiView for HostState {

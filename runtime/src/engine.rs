@@ -310,7 +310,7 @@ impl Engine {
         let engine = self.unpooled()?;
         let component = Component::new(&engine, &instrumented).map_err(Error::from_wasmtime)?;
         let linker = linker(&engine)?;
-        let state = HostState::new(stdlib_dir, crate::DEFAULT_OUTPUT_LIMIT_BYTES, &[], mounts)?;
+        let state = HostState::new(stdlib_dir, crate::DEFAULT_OUTPUT_LIMIT_BYTES, &[], mounts, crate::FsLimits::default())?;
         let mut store = Store::new(&engine, state);
         store.set_epoch_deadline(NO_DEADLINE);
         self.unlimited_fuel(&mut store)?;
@@ -364,6 +364,24 @@ fn fingerprint(engine: &wasmtime::Engine) -> String {
 pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<HostState>> {
     let mut linker = Linker::<HostState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::from_wasmtime)?;
+    // `wasi:filesystem` again, with each instance's in-memory tree mixed in
+    // (see `memfs`): replaces wasmtime-wasi's definitions of the two
+    // interfaces.
+    linker.allow_shadowing(true);
+    {
+        use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
+        types::add_to_linker::<HostState, crate::memfs::MixedFilesystem>(
+            &mut linker,
+            HostState::filesystem_view,
+        )
+        .map_err(Error::from_wasmtime)?;
+        preopens::add_to_linker::<HostState, crate::memfs::MixedFilesystem>(
+            &mut linker,
+            HostState::filesystem_view,
+        )
+        .map_err(Error::from_wasmtime)?;
+    }
+    linker.allow_shadowing(false);
     bindings::Sandbox::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
         .map_err(Error::from_wasmtime)?;
     Ok(linker)

@@ -55,6 +55,7 @@ mod engine;
 mod error;
 mod function;
 mod library;
+mod memfs;
 mod output;
 mod runtime;
 mod sandbox;
@@ -72,6 +73,7 @@ pub use engine::{Engine, EngineOptions, WASMTIME_VERSION};
 pub use error::{Error, PythonError, Result, TrapError, TrapKind};
 pub use function::{FunctionBuilder, FunctionSnapshot, FunctionSource};
 pub use library::RuntimeLibrary;
+pub use memfs::{FsLimits, TMP_DIR, WORK_DIR};
 pub use runtime::{Runtime, RuntimeBuilder, content_hash};
 pub use sandbox::{
     DEFAULT_OUTPUT_LIMIT_BYTES, DEFAULT_RESULT_LIMIT_BYTES, DEFAULT_STATE_LIMIT_BYTES,

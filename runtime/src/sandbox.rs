@@ -55,6 +55,8 @@ pub(crate) struct Settings {
     pub(crate) mounts: Vec<std::path::PathBuf>,
     /// Fuel per call (the engine meters fuel).
     pub(crate) fuel: Option<u64>,
+    /// Caps of each instance's in-memory `/tmp` and `/work`.
+    pub(crate) fs_limits: crate::FsLimits,
 }
 
 impl std::fmt::Debug for Settings {
@@ -224,6 +226,7 @@ impl Sandbox {
                 output: None,
                 mounts: Vec::new(),
                 fuel: None,
+                fs_limits: crate::FsLimits::default(),
             },
             pending_callbacks: Vec::new(),
             libraries: Vec::new(),
@@ -359,6 +362,20 @@ impl SandboxBuilder {
     /// [`Error::StateTooLarge`](crate::Error::StateTooLarge).
     pub fn with_state_limit_bytes(mut self, bytes: usize) -> Self {
         self.settings.state_limit_bytes = bytes;
+        self
+    }
+
+    /// Caps each instance's writable in-memory filesystem (`/tmp` and the
+    /// working directory `/work`; default [`FsLimits::default`]: 64 MiB of
+    /// file contents, 10,000 files and directories). A write past a cap
+    /// raises `OSError` with `errno.ENOSPC` in Python. In a session the files
+    /// live as long as its instance, and a [`StateSnapshot`] carries them
+    /// (inside the state limit).
+    ///
+    /// [`FsLimits::default`]: crate::FsLimits
+    /// [`StateSnapshot`]: crate::StateSnapshot
+    pub fn with_filesystem_limits(mut self, limits: crate::FsLimits) -> Self {
+        self.settings.fs_limits = limits;
         self
     }
 

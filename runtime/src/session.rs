@@ -87,6 +87,7 @@ impl Session {
             settings.output_limit_bytes,
             &settings.env,
             &settings.mounts,
+            settings.fs_limits,
         )?;
         state.limiter.limit_bytes = settings
             .memory_limit_bytes

@@ -456,6 +456,44 @@ async fn a_state_over_the_limit_is_413_and_the_old_state_is_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_files_follow_it_across_gateways_inside_the_state_limit() {
+    let mut limits = Limits::default();
+    limits.session_state_limit_bytes = 256 << 10;
+    let (_store, (a, a_url), (b, b_url)) = two_local_gateways(limits).await;
+    let (a_client, b_client) = (Client::new(&a_url), Client::new(&b_url));
+    let id = a_client.create(json!({})).await;
+    a_client
+        .ok(
+            &id,
+            "import os, sqlite3\nos.makedirs('/tmp/data')\nopen('/tmp/data/notes.txt', 'w').write('from A')\n\
+             db = sqlite3.connect('/work/db.sqlite')\ndb.execute('create table t (x)')\ndb.execute('insert into t values (7)')\ndb.commit()\ndb.close()",
+        )
+        .await;
+    let read = b_client
+        .ok(
+            &id,
+            "import sqlite3\nopen('/tmp/data/notes.txt').read(), sqlite3.connect('db.sqlite').execute('select x from t').fetchone()[0]",
+        )
+        .await;
+    assert_eq!(read["result"], "('from A', 7)", "{read}");
+    // Files count toward the state limit: a 300 KB file is refused (413) and
+    // the session keeps its previous files.
+    let (status, body) = b_client
+        .execute(&id, "open('/tmp/big', 'wb').write(os.urandom(300_000))")
+        .await;
+    assert_eq!(status, 413, "{body}");
+    let after = a_client
+        .ok(
+            &id,
+            "import os\nsorted(os.listdir('/tmp')), open('/tmp/data/notes.txt').read()",
+        )
+        .await;
+    assert_eq!(after["result"], "(['data'], 'from A')", "{after}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_session_is_not_found_and_swept_from_the_store() {
     let mut limits = Limits::default();
     limits.session_sweep_interval = Duration::from_millis(200);

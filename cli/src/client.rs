@@ -35,6 +35,9 @@ pub struct DeployArgs {
     /// Memory limit per instance in MiB (default: the gateway's).
     #[arg(long)]
     memory_mb: Option<u64>,
+    /// In-memory /tmp and /work per instance in MiB (default: the gateway's).
+    #[arg(long)]
+    tmp_mb: Option<u64>,
     /// Environment variable for the handler, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -130,6 +133,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         "handler": args.handler,
         "timeout_ms": args.timeout_ms,
         "memory_mb": args.memory_mb,
+        "tmp_mb": args.tmp_mb,
         "env": args.env.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     });
     runtime()?.block_on(async {

@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// Memory limit for deployments that set none, in MiB [default: 128].
     #[arg(long, env = "ERYX_DEFAULT_MEMORY_MB")]
     default_memory_mb: Option<u64>,
+    /// In-memory /tmp and /work per instance for deployments that set none,
+    /// and for sessions, in MiB [default: 64].
+    #[arg(long, env = "ERYX_DEFAULT_TMP_MB")]
+    default_tmp_mb: Option<u64>,
     /// Deployments building snapshots at once [default: 2].
     #[arg(long, env = "ERYX_MAX_CONCURRENT_DEPLOYS")]
     max_concurrent_deploys: Option<usize>,
@@ -164,6 +168,9 @@ pub fn run(
     }
     if let Some(mb) = args.default_memory_mb {
         limits.default_memory_mb = mb;
+    }
+    if let Some(mb) = args.default_tmp_mb {
+        limits.default_tmp_mb = mb;
     }
     let mut config = eryx_gateway::Config::new()
         .with_listen(args.listen)

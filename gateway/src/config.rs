@@ -183,6 +183,13 @@ pub struct Limits {
     /// Largest memory limit a deployment may set, in MiB (default 512, the
     /// engine's per-instance maximum).
     pub max_memory_mb: u64,
+    /// Writable in-memory filesystem (`/tmp`, `/work`) of each instance when
+    /// a deployment sets none, in MiB (default 64; also what sessions get).
+    /// File contents are host memory outside the instance's memory limit:
+    /// the worst case is this times the instances running at once.
+    pub default_tmp_mb: u64,
+    /// Largest filesystem a deployment may ask for, in MiB (default 512).
+    pub max_tmp_mb: u64,
     /// How long a graceful shutdown waits for in-flight requests (default 30 s).
     pub shutdown_grace: Duration,
     /// How often loaded functions are checked against the store, so a
@@ -234,6 +241,8 @@ impl Default for Limits {
             max_timeout_ms: 300_000,
             default_memory_mb: 128,
             max_memory_mb: 512,
+            default_tmp_mb: 64,
+            max_tmp_mb: 512,
             shutdown_grace: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(5),
             session_state_limit_bytes: 16 << 20,

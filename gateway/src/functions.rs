@@ -96,6 +96,10 @@ pub struct FunctionRecord {
     pub timeout_ms: u64,
     /// Memory limit of each instance, in MiB.
     pub memory_mb: u64,
+    /// Cap of each instance's in-memory `/tmp` and `/work`, in MiB (records
+    /// written before it existed read as 64).
+    #[serde(default = "default_tmp_mb")]
+    pub tmp_mb: u64,
     /// Environment variables the handler sees in `os.environ`.
     pub env: BTreeMap<String, String>,
     /// Key of the per-function snapshot artifact.
@@ -106,6 +110,18 @@ pub struct FunctionRecord {
     pub source_bytes: u64,
     /// When this version was deployed, in ms since the Unix epoch.
     pub created_unix_ms: u64,
+}
+
+fn default_tmp_mb() -> u64 {
+    64
+}
+
+/// The filesystem caps of an instance with `tmp_mb` MiB of file contents.
+pub(crate) fn fs_limits(tmp_mb: u64) -> eryx::FsLimits {
+    eryx::FsLimits {
+        max_bytes: tmp_mb << 20,
+        ..eryx::FsLimits::default()
+    }
 }
 
 /// A function as the API shows it (the environment's names, not values).
@@ -121,6 +137,8 @@ pub struct FunctionInfo {
     pub timeout_ms: u64,
     /// Memory limit per instance in MiB.
     pub memory_mb: u64,
+    /// In-memory filesystem (`/tmp`, `/work`) per instance in MiB.
+    pub tmp_mb: u64,
     /// Names of the environment variables set for it.
     pub env_keys: Vec<String>,
     /// Key (sha256) of its per-function snapshot artifact.
@@ -146,6 +164,7 @@ impl From<&FunctionRecord> for FunctionInfo {
             handler: record.handler.clone(),
             timeout_ms: record.timeout_ms,
             memory_mb: record.memory_mb,
+            tmp_mb: record.tmp_mb,
             env_keys: record.env.keys().cloned().collect(),
             artifact: record.artifact.clone(),
             source_sha256: record.source_sha256.clone(),
@@ -171,6 +190,10 @@ pub struct DeployRequest {
     /// Memory limit per instance in MiB (default from the gateway's limits).
     #[serde(default)]
     pub memory_mb: Option<u64>,
+    /// Writable in-memory filesystem (`/tmp`, `/work`) per instance in MiB
+    /// (default from the gateway's limits, 64).
+    #[serde(default)]
+    pub tmp_mb: Option<u64>,
     /// Environment variables for the handler.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -651,6 +674,13 @@ impl Functions {
                 self.limits.max_memory_mb
             )));
         }
+        let tmp_mb = request.tmp_mb.unwrap_or(self.limits.default_tmp_mb);
+        if !(1..=self.limits.max_tmp_mb).contains(&tmp_mb) {
+            return Err(FunctionError::Invalid(format!(
+                "tmp_mb must be between 1 and {}",
+                self.limits.max_tmp_mb
+            )));
+        }
         // The runtime's own rule, checked before any work is done.
         for (key, value) in &request.env {
             eryx::check_env(key, value).map_err(|e| FunctionError::Invalid(e.to_string()))?;
@@ -684,6 +714,7 @@ impl Functions {
             handler,
             timeout_ms,
             memory_mb,
+            tmp_mb,
             env: request.env,
             source_sha256: source_sha256.clone(),
             source_bytes: request.source.len() as u64,
@@ -826,6 +857,7 @@ impl Functions {
             .with_timeout(Duration::from_millis(record.timeout_ms))
             .with_result_limit_bytes(self.limits.max_response_bytes)
             .with_memory_limit_bytes(record.memory_mb << 20)
+            .with_filesystem_limits(fs_limits(record.tmp_mb))
             .with_library(crate::host_api::library(self.store.objects(), &record.name))
             .with_resource_limits(
                 eryx::ResourceLimits::default()

@@ -452,6 +452,7 @@ impl Sessions {
             .with_runtime(base_runtime)
             .with_timeout(Duration::from_millis(limits.default_timeout_ms))
             .with_memory_limit_bytes(limits.default_memory_mb << 20)
+            .with_filesystem_limits(crate::functions::fs_limits(limits.default_tmp_mb))
             .with_result_limit_bytes(limits.max_response_bytes)
             .with_state_limit_bytes(limits.session_state_limit_bytes)
             .build()?;

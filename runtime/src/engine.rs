@@ -310,7 +310,13 @@ impl Engine {
         let engine = self.unpooled()?;
         let component = Component::new(&engine, &instrumented).map_err(Error::from_wasmtime)?;
         let linker = linker(&engine)?;
-        let state = HostState::new(stdlib_dir, crate::DEFAULT_OUTPUT_LIMIT_BYTES, &[], mounts, crate::FsLimits::default())?;
+        let state = HostState::new(
+            stdlib_dir,
+            crate::DEFAULT_OUTPUT_LIMIT_BYTES,
+            &[],
+            mounts,
+            crate::FsLimits::default(),
+        )?;
         let mut store = Store::new(&engine, state);
         store.set_epoch_deadline(NO_DEADLINE);
         self.unlimited_fuel(&mut store)?;

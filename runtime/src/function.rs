@@ -141,7 +141,13 @@ impl FunctionBuilder {
         let (context, _) = wizer
             .instrument_component(&self.base)
             .map_err(Error::from_wasmtime)?;
-        let mut state = HostState::new(&self.stdlib_dir, IMPORT_OUTPUT_LIMIT_BYTES, &[], mounts, crate::FsLimits::default())?;
+        let mut state = HostState::new(
+            &self.stdlib_dir,
+            IMPORT_OUTPUT_LIMIT_BYTES,
+            &[],
+            mounts,
+            crate::FsLimits::default(),
+        )?;
         state.limiter.limit_bytes = function
             .memory_limit_bytes
             .map(|b| usize::try_from(b).unwrap_or(usize::MAX));

@@ -9,8 +9,11 @@
 //! each `wasi:filesystem` call goes to whichever kind its descriptor is.
 //!
 //! Limits ([`FsLimits`]): the bytes of all files together and the number of
-//! files and directories. A write, truncate or create past them fails with
-//! `insufficient-space` (`ENOSPC`, `OSError` errno 28 in Python). Host memory
+//! files and directories. Creating a file or directory past the count, and
+//! `truncate`/`pwrite` past the bytes, fail with `insufficient-space`
+//! (`ENOSPC`, `OSError` errno 28 in Python); a plain `write` fills the file up
+//! to the cap and then fails with `EIO` (errno 29), because wasi-libc turns
+//! every stream error into `EIO`. Host memory
 //! held by file contents stays within twice the byte cap (a file's buffer
 //! grows by doubling, but never past what the cap still allows it).
 //!
@@ -24,11 +27,11 @@ use std::time::SystemTime;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::p2::bindings::clocks::wall_clock::Datetime;
-use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     DescriptorFlags, DescriptorStat, DescriptorType, DirectoryEntry, ErrorCode, HostDescriptor,
     HostDirectoryEntryStream, NewTimestamp, OpenFlags, PathFlags,
 };
+use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
 use wasmtime_wasi::p2::{
     DynInputStream, DynOutputStream, FsError, FsResult, InputStream, OutputStream, Pollable,
     StreamError, StreamResult,
@@ -122,6 +125,9 @@ struct Tree {
     roots: Vec<(String, Ino)>,
 }
 
+/// A tree read from a state, not yet in use (see [`MemFs::load_tar`]).
+pub(crate) struct LoadedTree(Tree);
+
 /// One instance's in-memory filesystem (cheap to clone: a shared handle).
 #[derive(Debug, Clone)]
 pub(crate) struct MemFs {
@@ -140,12 +146,6 @@ impl MemFs {
         // A panic while holding the lock leaves a consistent tree (every
         // mutation checks before it changes anything), so poison is ignored.
         self.tree.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Bytes of file contents and number of nodes in use.
-    pub(crate) fn usage(&self) -> (u64, u64) {
-        let tree = self.lock();
-        (tree.used_bytes, tree.nodes.len() as u64)
     }
 
     /// Whether the tree holds nothing but its two empty roots.
@@ -167,28 +167,33 @@ impl MemFs {
         builder.into_inner()
     }
 
-    /// Replaces the tree's contents with those of `archive` (made by
-    /// [`to_tar`](Self::to_tar)), within the limits. Descriptors open on
-    /// the old contents (other than the roots) stop working.
+    /// A tree with the contents of `archive` (made by
+    /// [`to_tar`](Self::to_tar)), within this tree's limits, to
+    /// [`replace`](Self::replace) this one's with.
     ///
     /// # Errors
     /// A message when the archive is malformed, names a path outside the two
     /// roots or holds something other than directories and regular files, or
-    /// exceeds the limits; the tree is then unchanged.
-    pub(crate) fn restore_tar(&self, archive: &[u8]) -> Result<(), String> {
+    /// exceeds the limits.
+    pub(crate) fn load_tar(&self, archive: &[u8]) -> Result<LoadedTree, String> {
         let (limits, next) = {
             let tree = self.lock();
             (tree.limits, tree.next)
         };
-        // The fresh tree numbers its roots 1 and 2 like every tree (the
+        // The new tree numbers its roots 1 and 2 like every tree (the
         // guest's preopened descriptors name them) and its other nodes from
         // past the old tree's numbers, so a stale descriptor finds nothing.
         let mut fresh = Tree::empty(limits, next);
         fresh
             .fill_from_tar(archive)
             .map_err(|e| format!("the files of the state: {e}"))?;
-        *self.lock() = fresh;
-        Ok(())
+        Ok(LoadedTree(fresh))
+    }
+
+    /// Replaces the tree's contents with `loaded`'s. Descriptors open on the
+    /// old contents, other than the roots, stop working.
+    pub(crate) fn replace(&self, loaded: LoadedTree) {
+        *self.lock() = loaded.0;
     }
 
     /// The preopened roots, as descriptors pushed into `table`.
@@ -196,7 +201,10 @@ impl MemFs {
         let roots = self.lock().roots.clone();
         let mut out = Vec::new();
         for (name, ino) in roots {
-            let descriptor = self.descriptor(ino, DescriptorFlags::READ | DescriptorFlags::MUTATE_DIRECTORY);
+            let descriptor = self.descriptor(
+                ino,
+                DescriptorFlags::READ | DescriptorFlags::MUTATE_DIRECTORY,
+            );
             out.push((table.push(descriptor)?.rep(), name));
         }
         Ok(out)
@@ -236,9 +244,7 @@ impl Tree {
 
     fn fill_from_tar(&mut self, archive: &[u8]) -> Result<(), String> {
         let mut archive = tar::Archive::new(archive);
-        let entries = archive
-            .entries()
-            .map_err(|e| format!("{e}"))?;
+        let entries = archive.entries().map_err(|e| format!("{e}"))?;
         let tree = self;
         for entry in entries {
             let mut entry = entry.map_err(|e| format!("{e}"))?;
@@ -257,7 +263,7 @@ impl Tree {
                 return Err(format!("`{path}` is outside the roots"));
             };
             let names: Vec<&str> = parts.collect();
-            if names.iter().any(|n| *n == "..") {
+            if names.contains(&"..") {
                 return Err(format!("`{path}` has `..`"));
             }
             let Some((last, dirs)) = names.split_last() else {
@@ -285,8 +291,7 @@ impl Tree {
                     ));
                 }
                 let mut data = Vec::with_capacity(size as usize);
-                std::io::Read::read_to_end(&mut entry, &mut data)
-                    .map_err(|e| format!("{e}"))?;
+                std::io::Read::read_to_end(&mut entry, &mut data).map_err(|e| format!("{e}"))?;
                 let ino = tree
                     .create_file(dir, last)
                     .map_err(|e| format!("`{path}`: {e:?}"))?;
@@ -335,12 +340,12 @@ impl Tree {
         let Some(node) = self.nodes.get(&ino) else {
             return;
         };
-        if node.links == 0 && node.open == 0 {
-            if let Some(node) = self.nodes.remove(&ino)
-                && let Kind::File { data } = node.kind
-            {
-                self.used_bytes -= data.len() as u64;
-            }
+        if node.links == 0
+            && node.open == 0
+            && let Some(node) = self.nodes.remove(&ino)
+            && let Kind::File { data } = node.kind
+        {
+            self.used_bytes -= data.len() as u64;
         }
     }
 
@@ -410,11 +415,18 @@ impl Tree {
     /// Resolves `path` relative to directory `base` to its parent directory
     /// and last component (`None` for the base itself). `..` may not leave
     /// `base`; absolute paths are refused (as wasmtime-wasi does).
-    fn resolve_parent<'p>(&self, base: Ino, path: &'p str) -> Result<(Ino, Option<&'p str>), ErrorCode> {
+    fn resolve_parent<'p>(
+        &self,
+        base: Ino,
+        path: &'p str,
+    ) -> Result<(Ino, Option<&'p str>), ErrorCode> {
         if path.starts_with('/') {
             return Err(ErrorCode::NotPermitted);
         }
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+        let parts: Vec<&str> = path
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
         let mut stack = vec![base];
         let Some((last, dirs)) = parts.split_last() else {
             return Ok((base, None));
@@ -460,12 +472,15 @@ impl Tree {
     fn resolve(&self, base: Ino, path: &str) -> Result<Ino, ErrorCode> {
         match self.resolve_parent(base, path)? {
             (dir, None) => Ok(dir),
-            (dir, Some(name)) => self.lookup(dir, name).ok_or(ErrorCode::NoEntry).and_then(|ino| {
-                if path.ends_with('/') && !matches!(self.node(ino)?.kind, Kind::Dir { .. }) {
-                    return Err(ErrorCode::NotDirectory);
-                }
-                Ok(ino)
-            }),
+            (dir, Some(name)) => self
+                .lookup(dir, name)
+                .ok_or(ErrorCode::NoEntry)
+                .and_then(|ino| {
+                    if path.ends_with('/') && !matches!(self.node(ino)?.kind, Kind::Dir { .. }) {
+                        return Err(ErrorCode::NotDirectory);
+                    }
+                    Ok(ino)
+                }),
         }
     }
 
@@ -580,7 +595,13 @@ impl Tree {
         }
     }
 
-    fn rename(&mut self, old_dir: Ino, old: &str, new_dir: Ino, new: &str) -> Result<(), ErrorCode> {
+    fn rename(
+        &mut self,
+        old_dir: Ino,
+        old: &str,
+        new_dir: Ino,
+        new: &str,
+    ) -> Result<(), ErrorCode> {
         Self::check_name(new)?;
         let ino = self.lookup(old_dir, old).ok_or(ErrorCode::NoEntry)?;
         let is_dir = matches!(self.node(ino)?.kind, Kind::Dir { .. });
@@ -653,7 +674,9 @@ fn reserve(data: &mut Vec<u8>, len: usize, spare: usize) {
     if len <= data.capacity() {
         return;
     }
-    let target = len.max(data.capacity().saturating_mul(2)).min(len.saturating_add(spare));
+    let target = len
+        .max(data.capacity().saturating_mul(2))
+        .min(len.saturating_add(spare));
     data.reserve_exact(target - data.len());
 }
 
@@ -773,8 +796,20 @@ impl OutputStream for MemOutput {
         Ok(())
     }
 
+    /// Permits a write up to what the byte cap still allows at the stream's
+    /// position (so a file fills exactly to the cap with a short write), and
+    /// fails once nothing more fits. wasi-libc reports any failure of a
+    /// stream as `EIO` (`wasip2_handle_write_error`), so a stream write past
+    /// the cap is `EIO` in Python, not `ENOSPC`.
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(WRITE_PERMIT)
+        let tree = self.fs.lock();
+        let len = tree.node(self.ino).map_err(stream_error)?.size();
+        let overwrite = self.position.map_or(0, |p| len.saturating_sub(p));
+        let room = overwrite.saturating_add(tree.limits.max_bytes.saturating_sub(tree.used_bytes));
+        if room == 0 {
+            return Err(stream_error(ErrorCode::InsufficientSpace));
+        }
+        Ok(room.min(WRITE_PERMIT as u64) as usize)
     }
 }
 
@@ -814,7 +849,10 @@ impl FsView<'_> {
         Some((d.fs.clone(), d.ino, d.flags))
     }
 
-    fn push_descriptor(&mut self, descriptor: MemDescriptor) -> FsResult<Resource<types::Descriptor>> {
+    fn push_descriptor(
+        &mut self,
+        descriptor: MemDescriptor,
+    ) -> FsResult<Resource<types::Descriptor>> {
         let rep = self
             .host
             .table
@@ -1208,7 +1246,11 @@ impl HostDescriptor for FsView<'_> {
         HostDescriptor::drop(&mut self.host, fd)
     }
 
-    async fn readlink_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<String> {
+    async fn readlink_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<String> {
         either!(
             self,
             fd,
@@ -1270,12 +1312,19 @@ impl HostDescriptor for FsView<'_> {
         src_path: String,
         dest_path: String,
     ) -> FsResult<()> {
-        either!(self, fd, |_fs, _ino, flags| { err(ErrorCode::NotPermitted) }, {
-            HostDescriptor::symlink_at(&mut self.host, fd, src_path, dest_path).await
-        })
+        either!(
+            self,
+            fd,
+            |_fs, _ino, flags| { err(ErrorCode::NotPermitted) },
+            { HostDescriptor::symlink_at(&mut self.host, fd, src_path, dest_path).await }
+        )
     }
 
-    async fn unlink_file_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<()> {
+    async fn unlink_file_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<()> {
         either!(
             self,
             fd,
@@ -1400,7 +1449,7 @@ impl FsView<'_> {
         }
         fs.lock().open(ino);
         let stream: DynOutputStream = Box::new(MemOutput { fs, ino, position });
-        Ok(self.host.table.push(stream).map_err(FsError::trap)?)
+        self.host.table.push(stream).map_err(FsError::trap)
     }
 }
 
@@ -1443,5 +1492,67 @@ impl HostDirectoryEntryStream for FsView<'_> {
             return Ok(());
         }
         HostDirectoryEntryStream::drop(&mut self.host, stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar with one regular file whose raw header name is `name`
+    /// (bypassing the tar builder's own path checks, as a tampered state
+    /// would).
+    fn tar_with(name: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&header, data).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_tree_round_trips_through_tar() {
+        let fs = MemFs::new(FsLimits::default());
+        {
+            let mut tree = fs.lock();
+            let tmp = tree.roots[0].1;
+            let dir = tree.create_dir(tmp, "d").unwrap();
+            let file = tree.create_file(dir, "f").unwrap();
+            tree.write_at(file, 0, b"hello").unwrap();
+        }
+        let archive = fs.to_tar().unwrap();
+        let other = MemFs::new(FsLimits::default());
+        other.replace(other.load_tar(&archive).unwrap());
+        let tree = other.lock();
+        let file = tree.resolve(tree.roots[0].1, "d/f").unwrap();
+        assert_eq!(tree.node(file).unwrap().size(), 5);
+        assert_eq!(tree.used_bytes, 5);
+    }
+
+    #[test]
+    fn a_tampered_state_cannot_leave_the_roots_or_the_limits() {
+        let fs = MemFs::new(FsLimits {
+            max_bytes: 10,
+            max_files: 5,
+        });
+        for name in [
+            &b"tmp/../../etc/passwd"[..],
+            b"etc/passwd",
+            b"/python/os.py",
+        ] {
+            let error = fs.load_tar(&tar_with(name, b"x")).err();
+            assert!(error.is_some(), "{}", String::from_utf8_lossy(name));
+        }
+        let error = fs.load_tar(&tar_with(b"tmp/big", &[0; 11])).err().unwrap();
+        assert!(error.contains("limit"), "{error}");
+        assert!(fs.load_tar(&tar_with(b"work/ok", &[0; 10])).is_ok());
+        assert!(
+            fs.load_tar(b"not a tar at all, but long enough to look at")
+                .is_err()
+        );
     }
 }

@@ -52,6 +52,9 @@ impl std::fmt::Debug for Session {
 pub struct StateSnapshot {
     /// The pickle (protocol 5) of a dict of the user's globals. Functions and
     /// classes defined in the session are pickled by value, modules by name.
+    /// When the instance had files in `/tmp` or `/work`, they follow the
+    /// pickle (a tar), behind an 8-byte marker and the pickle's length: treat
+    /// the bytes as opaque.
     pub data: Vec<u8>,
     /// Globals that could not be pickled (open files, generators, ...) and
     /// were left out.
@@ -386,15 +389,17 @@ impl Session {
         }
     }
 
-    /// Pickles the user's globals, under the session's timeout.
+    /// Pickles the user's globals, under the session's timeout, and packs
+    /// the instance's in-memory files (`/tmp`, `/work`) with them when there
+    /// are any.
     ///
     /// In an instance with a loaded function (a function's snapshot), the
     /// globals are those of the function's module.
     ///
     /// # Errors
     /// [`Error::State`] when pickling fails as a whole;
-    /// [`Error::StateTooLarge`] when the pickle is larger than the state
-    /// limit ([`with_state_limit_bytes`](crate::SandboxBuilder::with_state_limit_bytes));
+    /// [`Error::StateTooLarge`] when the pickle and files together are larger
+    /// than the state limit ([`with_state_limit_bytes`](crate::SandboxBuilder::with_state_limit_bytes));
     /// [`Error::Timeout`]; [`Error::Trap`] if the instance traps.
     pub async fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         self.begin()?;
@@ -403,10 +408,11 @@ impl Session {
         let snapshot = self
             .end(waited)?
             .map_err(|message| Error::State(cap(message, untrusted::MAX_MESSAGE_BYTES)))?;
+        let data = self.with_files(snapshot.data)?;
         let limit = self.settings.state_limit_bytes;
-        if snapshot.data.len() > limit {
+        if data.len() > limit {
             return Err(Error::StateTooLarge {
-                size: snapshot.data.len(),
+                size: data.len(),
                 limit,
             });
         }
@@ -415,15 +421,13 @@ impl Session {
         for name in &mut skipped {
             *name = cap(std::mem::take(name), untrusted::MAX_TYPE_NAME_BYTES);
         }
-        Ok(StateSnapshot {
-            data: snapshot.data,
-            skipped,
-        })
+        Ok(StateSnapshot { data, skipped })
     }
 
     /// Unpickles `snapshot` into the globals (names in it replace same-named
-    /// globals; others are kept), under the session's timeout. Works in a
-    /// fresh session too.
+    /// globals; others are kept), under the session's timeout, and when it
+    /// carries files, replaces the instance's `/tmp` and `/work` with them.
+    /// Works in a fresh session too.
     ///
     /// # Errors
     /// [`Error::State`] when the data does not unpickle (the session keeps
@@ -434,11 +438,26 @@ impl Session {
 
     /// [`restore_state`](Self::restore_state) from the bytes of a pickle.
     pub(crate) async fn restore_bytes(&mut self, data: &[u8]) -> Result<()> {
+        let (data, files) = split_files(data)?;
+        let files = match files {
+            Some(files) => Some(
+                self.store
+                    .data()
+                    .memfs
+                    .load_tar(files)
+                    .map_err(Error::State)?,
+            ),
+            None => None,
+        };
         self.begin()?;
         let call = self.instance.call_restore_state(&mut self.store, data);
         let waited = within(self.settings.timeout, call).await;
         self.end(waited)?
-            .map_err(|message| Error::State(cap(message, untrusted::MAX_MESSAGE_BYTES)))
+            .map_err(|message| Error::State(cap(message, untrusted::MAX_MESSAGE_BYTES)))?;
+        if let Some(files) = files {
+            self.store.data().memfs.replace(files);
+        }
+        Ok(())
     }
 
     /// Removes every user global.
@@ -451,6 +470,47 @@ impl Session {
         let waited = within(self.settings.timeout, call).await;
         self.end(waited)
     }
+}
+
+/// The first bytes of a state that carries files: a pickle (protocol 2 and
+/// up) starts with `0x80`, so the two never mix up.
+const FILES_MAGIC: &[u8; 8] = b"ERYXFS1\0";
+
+impl Session {
+    /// `pickle` with the instance's in-memory files appended, when there are
+    /// any: `FILES_MAGIC`, the pickle's length (u64 little-endian), the
+    /// pickle, a tar of the files. Without files, the pickle alone.
+    fn with_files(&self, pickle: Vec<u8>) -> Result<Vec<u8>> {
+        let memfs = &self.store.data().memfs;
+        if memfs.is_empty() {
+            return Ok(pickle);
+        }
+        let files = memfs
+            .to_tar()
+            .map_err(|e| Error::State(format!("packing the files of the state: {e}")))?;
+        let mut data = Vec::with_capacity(16 + pickle.len() + files.len());
+        data.extend_from_slice(FILES_MAGIC);
+        data.extend_from_slice(&(pickle.len() as u64).to_le_bytes());
+        data.extend_from_slice(&pickle);
+        data.extend_from_slice(&files);
+        Ok(data)
+    }
+}
+
+/// A state's pickle and, when it carries them, its files (see
+/// [`Session::with_files`]).
+fn split_files(data: &[u8]) -> Result<(&[u8], Option<&[u8]>)> {
+    let Some(rest) = data.strip_prefix(FILES_MAGIC.as_slice()) else {
+        return Ok((data, None));
+    };
+    let malformed = || Error::State("the state's files are malformed".to_owned());
+    let (len, rest) = rest.split_first_chunk::<8>().ok_or_else(malformed)?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| malformed())?;
+    if len > rest.len() {
+        return Err(malformed());
+    }
+    let (pickle, files) = rest.split_at(len);
+    Ok((pickle, Some(files)))
 }
 
 /// Awaits `call`, giving up [`HOST_TIMEOUT_MARGIN`] after `timeout` (a call

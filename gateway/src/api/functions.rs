@@ -175,6 +175,7 @@ pub(super) async fn deploy_function(
             handler: None,
             timeout_ms: None,
             memory_mb: None,
+            tmp_mb: None,
             env: Default::default(),
         }
     };

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The runtime every test in this process shares: the base artifact from the
@@ -669,4 +669,175 @@ pub async fn load_function(session: &mut eryx::Session, module: &str, source: &s
         })
         .await
         .unwrap_or_else(|e| panic!("loading {module}: {e}"));
+}
+
+/// A real HTTP (or HTTPS) server on loopback for the network tests, with a
+/// few routes: `/hello`, `/echo` (the request as JSON), `/redirect?to=URL`
+/// (302), `/big?n=BYTES`, `/slow?ms=MS`.
+pub struct WebServer {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    /// `http://127.0.0.1:PORT` or `https://localhost:PORT`.
+    pub url: String,
+    /// The PEM of its self-signed certificate (HTTPS only).
+    pub cert_pem: Option<String>,
+    /// Requests it answered.
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl WebServer {
+    /// A plain HTTP server.
+    pub async fn http() -> WebServer {
+        WebServer::start(None).await
+    }
+
+    /// An HTTPS server with a fresh self-signed certificate for `localhost`
+    /// and 127.0.0.1.
+    pub async fn https() -> WebServer {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
+        WebServer::start(Some(key)).await
+    }
+
+    async fn start(tls: Option<rcgen::CertifiedKey<rcgen::KeyPair>>) -> WebServer {
+        use tokio_rustls::rustls;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (acceptor, cert_pem) = match &tls {
+            Some(key) => {
+                let cert = key.cert.der().clone();
+                let private =
+                    rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der())
+                        .unwrap();
+                let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], private)
+                .unwrap();
+                (
+                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+                    Some(key.cert.pem()),
+                )
+            }
+            None => (None, None),
+        };
+        let url = match tls {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        web_route(request)
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = http
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        WebServer {
+            port,
+            url,
+            cert_pem,
+            hits,
+            task,
+        }
+    }
+}
+
+async fn web_route(
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let query: std::collections::HashMap<String, String> = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.replace("%3A", ":").replace("%2F", "/")))
+        .collect();
+    let path = request.uri().path().to_owned();
+    let method = request.method().to_string();
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let response = |status: u16, body: bytes::Bytes| {
+        hyper::Response::builder()
+            .status(status)
+            .body(http_body_util::Full::new(body))
+            .unwrap()
+    };
+    Ok(match path.as_str() {
+        "/hello" => response(
+            200,
+            bytes::Bytes::from_static(b"hello from the test server"),
+        ),
+        "/echo" => {
+            let echo = serde_json::json!({
+                "method": method,
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+            });
+            response(200, echo.to_string().into())
+        }
+        "/redirect" => hyper::Response::builder()
+            .status(302)
+            .header("location", query.get("to").cloned().unwrap_or_default())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+        "/big" => {
+            let n: usize = query
+                .get("n")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1 << 20);
+            response(200, vec![b'x'; n].into())
+        }
+        "/slow" => {
+            let ms: u64 = query.get("ms").and_then(|n| n.parse().ok()).unwrap_or(3000);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            response(200, bytes::Bytes::from_static(b"slow"))
+        }
+        _ => response(404, bytes::Bytes::from_static(b"not found")),
+    })
 }

@@ -13,6 +13,10 @@ import sys
 import types
 
 import _eryx_host as _host
+import _eryx_net
+
+# Sockets and TLS through the host, before anything imports `http.client`.
+_eryx_net.install()
 
 # Bound once, so user code that rebinds `os.write` cannot divert output.
 _os_write = os.write
@@ -415,7 +419,7 @@ def _load_callbacks(offered):
 
 def _make_module():
     module = types.ModuleType("eryx", "The sandbox's host interface: callbacks and their errors.")
-    for obj in (CallbackError, CallbackTimeout, CallbackLimitExceeded):
+    for obj in (CallbackError, CallbackTimeout, CallbackLimitExceeded, _eryx_net.NetworkPolicyError):
         obj.__module__ = "eryx"
         setattr(module, obj.__name__, obj)
     module.list_callbacks = list_callbacks

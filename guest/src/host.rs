@@ -18,6 +18,11 @@ pub fn install() -> PyResult<()> {
             (c"cancel", cancel),
             (c"callbacks", callbacks),
             (c"trace", trace),
+            (c"net_connect", net_connect),
+            (c"net_start_tls", net_start_tls),
+            (c"net_send", net_send),
+            (c"net_recv", net_recv),
+            (c"net_close", net_close),
         ],
     )
 }
@@ -121,5 +126,117 @@ fn trace(args: &[Obj]) -> PyResult<Obj> {
         ]));
     }
     call_import("report-trace", vec![Val::List(batch)]);
+    Ok(Obj::none())
+}
+
+/// `(True, value)` or `(False, "kind: message")` of a `net-*` result, the
+/// value converted by `ok`.
+fn net_result(value: Option<Val>, ok: impl FnOnce(Val) -> PyResult<Obj>) -> PyResult<Obj> {
+    match value {
+        Some(Val::Case(0, Some(payload))) => Obj::tuple(vec![Obj::bool(true)?, ok(*payload)?]),
+        Some(Val::Case(1, Some(payload))) => match *payload {
+            Val::String(text) => Obj::tuple(vec![Obj::bool(false)?, Obj::str(&text)?]),
+            other => Err(format!("net error {other:?}")),
+        },
+        other => Err(format!("net call returned {other:?}")),
+    }
+}
+
+fn u32_arg(args: &[Obj], i: usize) -> PyResult<u32> {
+    let value = arg(args, i)?.to_u64()?;
+    u32::try_from(value).map_err(|_| format!("argument {} is out of range", i + 1))
+}
+
+fn int_val(value: Val) -> PyResult<Obj> {
+    match value {
+        Val::Int(n) => Obj::int(n as u64),
+        other => Err(format!("expected an integer, got {other:?}")),
+    }
+}
+
+/// `net_connect(host, port, timeout_ms)` → `(ok, connection or error)`.
+fn net_connect(args: &[Obj]) -> PyResult<Obj> {
+    let host = arg(args, 0)?.to_string()?;
+    let port =
+        u16::try_from(arg(args, 1)?.to_u64()?).map_err(|_| "port out of range".to_owned())?;
+    let timeout = u32_arg(args, 2)?;
+    let result = call_import(
+        "net-connect",
+        vec![
+            Val::String(host),
+            Val::Int(port.into()),
+            Val::Int(timeout.into()),
+        ],
+    );
+    net_result(result, int_val)
+}
+
+/// `net_start_tls(connection, server_name, alpn, timeout_ms)` → `(ok,
+/// protocol or error)`.
+fn net_start_tls(args: &[Obj]) -> PyResult<Obj> {
+    let connection = u32_arg(args, 0)?;
+    let server_name = arg(args, 1)?.to_string()?;
+    let protocols = arg(args, 2)?;
+    let mut alpn = Vec::new();
+    for i in 0..protocols.len()? {
+        alpn.push(Val::String(protocols.item(i)?.to_string()?));
+    }
+    let timeout = u32_arg(args, 3)?;
+    let result = call_import(
+        "net-start-tls",
+        vec![
+            Val::Int(connection.into()),
+            Val::String(server_name),
+            Val::List(alpn),
+            Val::Int(timeout.into()),
+        ],
+    );
+    net_result(result, |value| match value {
+        Val::String(text) => Obj::str(&text),
+        other => Err(format!("expected a string, got {other:?}")),
+    })
+}
+
+/// `net_send(connection, data, timeout_ms)` → `(ok, bytes written or error)`.
+fn net_send(args: &[Obj]) -> PyResult<Obj> {
+    let connection = u32_arg(args, 0)?;
+    let data = arg(args, 1)?.to_bytes()?;
+    let timeout = u32_arg(args, 2)?;
+    let result = call_import(
+        "net-send",
+        vec![
+            Val::Int(connection.into()),
+            Val::Bytes(data),
+            Val::Int(timeout.into()),
+        ],
+    );
+    net_result(result, int_val)
+}
+
+/// `net_recv(connection, max_bytes, timeout_ms)` → `(ok, bytes or error)`;
+/// `b""` is the end of the stream.
+fn net_recv(args: &[Obj]) -> PyResult<Obj> {
+    let connection = u32_arg(args, 0)?;
+    let max_bytes = u32_arg(args, 1)?;
+    let timeout = u32_arg(args, 2)?;
+    let result = call_import(
+        "net-recv",
+        vec![
+            Val::Int(connection.into()),
+            Val::Int(max_bytes.into()),
+            Val::Int(timeout.into()),
+        ],
+    );
+    net_result(result, |value| match value {
+        Val::Bytes(data) => Obj::bytes(&data),
+        Val::List(items) if items.is_empty() => Obj::bytes(&[]),
+        other => Err(format!("expected bytes, got {other:?}")),
+    })
+}
+
+/// `net_close(connection)`.
+fn net_close(args: &[Obj]) -> PyResult<Obj> {
+    let connection = u32_arg(args, 0)?;
+    call_import("net-close", vec![Val::Int(connection.into())]);
     Ok(Obj::none())
 }

@@ -5,13 +5,16 @@
 //! The guest is single-threaded and holds the GIL from `Py_InitializeEx` on,
 //! which every call below relies on.
 
-use std::ffi::{CString, c_char};
+use std::ffi::{CStr, CString, c_char};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3_ffi as ffi;
 
 const DRIVER_SOURCE: &str = include_str!("driver.py");
+/// The socket and ssl shims (`net.py`), loaded as `_eryx_net` before the
+/// driver, which installs them.
+const NET_SOURCE: &str = include_str!("net.py");
 
 /// An owned (strong) reference to a Python object.
 pub struct Obj(NonNull<ffi::PyObject>);
@@ -339,11 +342,18 @@ pub fn initialize() -> PyResult<()> {
         }
     }
     crate::host::install()?;
-    let source = CString::new(DRIVER_SOURCE).expect("driver.py has no NUL byte");
-    let filename = c"<eryx driver>";
-    // SAFETY: compile and execute the driver as module `_eryx`; both calls
+    exec_module(c"_eryx_net", NET_SOURCE, c"<eryx net>")?;
+    let module = exec_module(c"_eryx", DRIVER_SOURCE, c"<eryx driver>")?;
+    DRIVER.store(module.into_raw(), Ordering::Release);
+    Ok(())
+}
+
+/// Compiles `source` and runs it as module `name` (put in `sys.modules`).
+fn exec_module(name: &CStr, source: &str, filename: &CStr) -> PyResult<Obj> {
+    let source = CString::new(source).expect("embedded Python has no NUL byte");
+    // SAFETY: compile and execute the source as module `name`; both calls
     // take valid C strings and return new references or null with an error.
-    let module = unsafe {
+    unsafe {
         let code = Obj::new(ffi::Py_CompileStringExFlags(
             source.as_ptr(),
             filename.as_ptr(),
@@ -352,13 +362,11 @@ pub fn initialize() -> PyResult<()> {
             -1,
         ))?;
         Obj::new(ffi::PyImport_ExecCodeModuleEx(
-            c"_eryx".as_ptr(),
+            name.as_ptr(),
             code.as_ptr(),
             filename.as_ptr(),
-        ))?
-    };
-    DRIVER.store(module.into_raw(), Ordering::Release);
-    Ok(())
+        ))
+    }
 }
 
 /// Calls `_eryx.<name>(*args)` and returns its result.

@@ -16,6 +16,12 @@ wasmtime::component::bindgen!({
     path: "../wit/sandbox.wit",
     world: "sandbox",
     exports: { default: async },
+    imports: {
+        "net-connect": async,
+        "net-start-tls": async,
+        "net-send": async,
+        "net-recv": async,
+    },
 });
 
 /// Per-instance host state: the instance's WASI context and resource table,
@@ -42,6 +48,8 @@ pub(crate) struct HostState {
     pub(crate) trace: Option<Arc<dyn TraceHandler>>,
     /// The instance's writable in-memory `/tmp` and `/work`.
     pub(crate) memfs: crate::memfs::MemFs,
+    /// The instance's outbound connections, made under its network policy.
+    pub(crate) net: crate::net::Connections,
 }
 
 /// Caps each linear memory of an instance, and remembers whether the cap
@@ -150,6 +158,7 @@ impl HostState {
             in_flight: Arc::default(),
             trace: None,
             memfs: crate::memfs::MemFs::new(fs_limits),
+            net: crate::net::Connections::new(crate::NetworkPolicy::new()),
         })
     }
 }
@@ -204,6 +213,49 @@ impl SandboxImports for HostState {
                 parameters_schema_json: registered.schema.to_string(),
             })
             .collect()
+    }
+
+    async fn net_connect(
+        &mut self,
+        host: String,
+        port: u16,
+        timeout_ms: u32,
+    ) -> std::result::Result<u32, String> {
+        self.net.connect(&host, port, timeout_ms).await
+    }
+
+    async fn net_start_tls(
+        &mut self,
+        connection: u32,
+        server_name: String,
+        alpn: Vec<String>,
+        timeout_ms: u32,
+    ) -> std::result::Result<String, String> {
+        self.net
+            .start_tls(connection, &server_name, alpn, timeout_ms)
+            .await
+    }
+
+    async fn net_send(
+        &mut self,
+        connection: u32,
+        data: Vec<u8>,
+        timeout_ms: u32,
+    ) -> std::result::Result<u32, String> {
+        self.net.send(connection, &data, timeout_ms).await
+    }
+
+    async fn net_recv(
+        &mut self,
+        connection: u32,
+        max_bytes: u32,
+        timeout_ms: u32,
+    ) -> std::result::Result<Vec<u8>, String> {
+        self.net.recv(connection, max_bytes, timeout_ms).await
+    }
+
+    fn net_close(&mut self, connection: u32) {
+        self.net.close(connection);
     }
 
     fn report_trace(&mut self, events: Vec<TraceEvent>) {

@@ -56,6 +56,7 @@ mod error;
 mod function;
 mod library;
 mod memfs;
+mod net;
 mod output;
 mod runtime;
 mod sandbox;
@@ -74,6 +75,7 @@ pub use error::{Error, PythonError, Result, TrapError, TrapKind};
 pub use function::{FunctionBuilder, FunctionSnapshot, FunctionSource};
 pub use library::RuntimeLibrary;
 pub use memfs::{FsLimits, TMP_DIR, WORK_DIR};
+pub use net::NetworkPolicy;
 pub use runtime::{Runtime, RuntimeBuilder, content_hash};
 pub use sandbox::{
     DEFAULT_OUTPUT_LIMIT_BYTES, DEFAULT_RESULT_LIMIT_BYTES, DEFAULT_STATE_LIMIT_BYTES,

@@ -57,6 +57,8 @@ pub(crate) struct Settings {
     pub(crate) fuel: Option<u64>,
     /// Caps of each instance's in-memory `/tmp` and `/work`.
     pub(crate) fs_limits: crate::FsLimits,
+    /// Which hosts instances may connect to (none by default).
+    pub(crate) network: crate::NetworkPolicy,
 }
 
 impl std::fmt::Debug for Settings {
@@ -227,6 +229,7 @@ impl Sandbox {
                 mounts: Vec::new(),
                 fuel: None,
                 fs_limits: crate::FsLimits::default(),
+                network: crate::NetworkPolicy::new(),
             },
             pending_callbacks: Vec::new(),
             libraries: Vec::new(),
@@ -376,6 +379,18 @@ impl SandboxBuilder {
     /// [`StateSnapshot`]: crate::StateSnapshot
     pub fn with_filesystem_limits(mut self, limits: crate::FsLimits) -> Self {
         self.settings.fs_limits = limits;
+        self
+    }
+
+    /// Lets instances open connections to the hosts `policy` allows (see
+    /// [`NetworkPolicy`](crate::NetworkPolicy)); by default they may
+    /// connect nowhere. Python's `socket.create_connection`, `http.client`,
+    /// `urllib.request` (http and https) and socket-based clients go through
+    /// the host, which checks every connection, resolves names and does TLS;
+    /// a refused connection raises `eryx.NetworkPolicyError` (a
+    /// `PermissionError`) naming the policy.
+    pub fn with_network(mut self, policy: crate::NetworkPolicy) -> Self {
+        self.settings.network = policy;
         self
     }
 

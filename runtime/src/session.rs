@@ -98,6 +98,7 @@ impl Session {
         state.callbacks = settings.callbacks.clone();
         state.callback_limits = settings.callback_limits;
         state.trace = settings.trace.clone();
+        state.net = crate::net::Connections::new(settings.network.clone());
         if let Some(handler) = &settings.output {
             state
                 .stdout

@@ -95,7 +95,7 @@ pub fn stdlib_dir() -> std::path::PathBuf {
 
 /// A real wheel from PyPI for the package tests: `(requirement, file name,
 /// sha256, extra pip arguments)`.
-type Wheel = (
+pub type Wheel = (
     &'static str,
     &'static str,
     &'static str,
@@ -109,6 +109,52 @@ pub const ATTRS_WHEEL: Wheel = (
     "427318ce031701fea540783410126f03899a97ffc6f61596ad581ac2e40e3bc3",
     &[],
 );
+
+/// pip arguments that pick a `py3-none-any` wheel even where a platform
+/// wheel exists (charset-normalizer publishes compiled ones).
+const PURE: &[&str] = &[
+    "--platform",
+    "any",
+    "--implementation",
+    "py",
+    "--python-version",
+    "3.14",
+];
+
+/// `requests` and its four dependencies, all pure Python: the
+/// socket-based client the network tests drive through urllib3.
+pub const REQUESTS_WHEELS: [Wheel; 5] = [
+    (
+        "requests==2.32.3",
+        "requests-2.32.3-py3-none-any.whl",
+        "70761cfe03c773ceb22aa2f671b4757976145175cdfca038c02654d061d6dcc6",
+        PURE,
+    ),
+    (
+        "urllib3==2.3.0",
+        "urllib3-2.3.0-py3-none-any.whl",
+        "1cee9ad369867bfdbbb48b7dd50374c0967a0bb7710050facf0dd6911440e3df",
+        PURE,
+    ),
+    (
+        "idna==3.10",
+        "idna-3.10-py3-none-any.whl",
+        "946d195a0d259cbba61165e88e65941f16e9b36ea6ddb97f00452bae8b1287d3",
+        PURE,
+    ),
+    (
+        "certifi==2025.1.31",
+        "certifi-2025.1.31-py3-none-any.whl",
+        "ca78db4565a652026a4db2bcdf68f2fb589ea80d0be70e03929ed730746b84fe",
+        PURE,
+    ),
+    (
+        "charset-normalizer==3.4.1",
+        "charset_normalizer-3.4.1-py3-none-any.whl",
+        "d98b1668f06378c6dbefec3b92299716b931cd4e6061f3c875a71ced1780ab85",
+        PURE,
+    ),
+];
 
 /// MarkupSafe for CPython 3.11 on x86-64 Linux: a platform wheel with a C
 /// extension, which the sandbox must refuse.

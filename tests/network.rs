@@ -207,3 +207,50 @@ async fn responses_over_the_cap_and_slow_servers_fail_and_the_sandbox_keeps_serv
     let out = run(&sandbox, &fetch(&format!("{}/hello", server.url))).await;
     assert_eq!(out, "('ok', 200, 'hello from the test server')");
 }
+
+#[tokio::test]
+async fn requests_from_pypi_works_over_http_and_https_and_follows_the_policy() {
+    let http = WebServer::http().await;
+    let https = WebServer::https().await;
+    let mut builder = eryx::Sandbox::builder()
+        .with_runtime(runtime())
+        .with_network(
+            NetworkPolicy::new()
+                .allow_private(&format!("http://127.0.0.1:{}", http.port))
+                .unwrap()
+                .allow_private(&format!("https://localhost:{}", https.port))
+                .unwrap()
+                .with_root_certificate(https.cert_pem.as_ref().unwrap().as_bytes())
+                .unwrap(),
+        );
+    for wheel in eryx_tests::REQUESTS_WHEELS {
+        builder = builder.with_package(eryx_tests::fetch_wheel(wheel));
+    }
+    let sandbox = builder.build().unwrap();
+    let out = run(
+        &sandbox,
+        &format!(
+            r#"
+import requests
+s = requests.Session()
+a = s.get("{http}/hello", timeout=5)
+b = s.post("{http}/echo", json={{"k": [1, 2]}}, timeout=5).json()
+c = requests.get("{https}/hello", timeout=5)
+try:
+    requests.get("http://localhost:{port}/hello", timeout=5)
+    refused = "fetched"
+except requests.exceptions.ConnectionError as e:
+    refused = "network policy" in str(e)
+(a.status_code, a.text, b["method"], b["body"], c.status_code, c.text, refused)
+"#,
+            http = http.url,
+            https = https.url,
+            port = http.port
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        "(200, 'hello from the test server', 'POST', '{\"k\": [1, 2]}', 200, 'hello from the test server', True)"
+    );
+}

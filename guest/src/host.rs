@@ -22,6 +22,7 @@ pub fn install() -> PyResult<()> {
             (c"net_start_tls", net_start_tls),
             (c"net_send", net_send),
             (c"net_recv", net_recv),
+            (c"net_readable", net_readable),
             (c"net_close", net_close),
         ],
     )
@@ -239,4 +240,17 @@ fn net_close(args: &[Obj]) -> PyResult<Obj> {
     let connection = u32_arg(args, 0)?;
     call_import("net-close", vec![Val::Int(connection.into())]);
     Ok(Obj::none())
+}
+
+/// `net_readable(connection, timeout_ms)` → `bool`.
+fn net_readable(args: &[Obj]) -> PyResult<Obj> {
+    let connection = u32_arg(args, 0)?;
+    let timeout = u32_arg(args, 1)?;
+    match call_import(
+        "net-readable",
+        vec![Val::Int(connection.into()), Val::Int(timeout.into())],
+    ) {
+        Some(Val::Bool(ready)) => Obj::bool(ready),
+        other => Err(format!("net-readable returned {other:?}")),
+    }
 }

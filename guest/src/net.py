@@ -291,6 +291,95 @@ def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
     return [(_socket.AF_INET, _socket.SOCK_STREAM, 6, "", (host, port))]
 
 
+# --- select -------------------------------------------------------------------
+
+import select as _select_module
+
+_real_select = getattr(_select_module, "select", None)
+POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
+# How long one host wait lasts when several sockets are watched, or the wait
+# has no end (ms).
+_WAIT_SLICE_MS = 50
+
+
+def _readable(sock, timeout_ms):
+    if sock._id is None:
+        return True
+    return _host.net_readable(sock._id, timeout_ms)
+
+
+def _wait(socks, readable, timeout):
+    """Polls `socks` for readability until one is or `timeout` (seconds,
+    None: no end) passes; `readable(sock, ms)` checks one."""
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    while True:
+        ready = [s for s in socks if readable(s, 0)]
+        if ready or (deadline is not None and time.monotonic() >= deadline) or not socks:
+            return ready
+        left_ms = _WAIT_SLICE_MS if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
+        if len(socks) == 1:
+            if readable(socks[0], min(left_ms, 1000)):
+                return list(socks)
+        else:
+            time.sleep(min(left_ms, _WAIT_SLICE_MS) / 1000)
+
+
+def select(rlist, wlist, xlist, timeout=None):
+    """`select.select` that understands the host's sockets (which are
+    always writable). Host sockets cannot be mixed with other files."""
+    rlist, wlist, xlist = list(rlist), list(wlist), list(xlist)
+    every = rlist + wlist + xlist
+    host = [s for s in every if isinstance(s, HostSocket)]
+    if not host:
+        if _real_select is None:
+            raise OSError(errno.ENOTSUP, "select is not available")
+        return _real_select(rlist, wlist, xlist, timeout)
+    if len(host) != len(every):
+        raise OSError(errno.EINVAL, "the sandbox's sockets cannot be selected with other files")
+    if wlist:
+        return [s for s in rlist if _readable(s, 0)], wlist, []
+    return _wait(rlist, _readable, timeout), [], []
+
+
+class _Poll:
+    """`select.poll()` for the host's sockets."""
+
+    def __init__(self):
+        self._socks = {}
+
+    def register(self, sock, eventmask=POLLIN | POLLPRI | POLLOUT):
+        if not isinstance(sock, HostSocket):
+            raise OSError(errno.EINVAL, "only the sandbox's sockets can be polled")
+        self._socks[id(sock)] = (sock, eventmask)
+
+    def modify(self, sock, eventmask):
+        if id(sock) not in self._socks:
+            raise FileNotFoundError(errno.ENOENT, "not registered")
+        self.register(sock, eventmask)
+
+    def unregister(self, sock):
+        self._socks.pop(id(sock))
+
+    def poll(self, timeout=None):
+        if timeout is not None and timeout < 0:
+            timeout = None
+        seconds = None if timeout is None else timeout / 1000
+        out = [(s, POLLOUT) for s, mask in self._socks.values() if mask & POLLOUT]
+        readers = [s for s, mask in self._socks.values() if mask & (POLLIN | POLLPRI)]
+        if out:
+            ready = [s for s in readers if _readable(s, 0)]
+        else:
+            ready = _wait(readers, _readable, seconds)
+        events = {}
+        for s in ready:
+            events[s] = events.get(s, 0) | POLLIN
+        for s, mask in out:
+            events[s] = events.get(s, 0) | mask
+        return [(-1, mask) for s, mask in events.items()]
+
+
 # --- ssl ----------------------------------------------------------------------
 
 
@@ -374,9 +463,20 @@ def _make_ssl():
             return None
 
         def getpeercert(self, binary_form=False):
-            # The host verified the certificate and the name; it does not
-            # hand the certificate over.
-            return b"" if binary_form else {}
+            # The host verified the certificate for `server_hostname` and does
+            # not hand it over: the dict holds just the name it was verified
+            # for, so clients that match names themselves (urllib3) agree.
+            if binary_form:
+                return b""
+            name = self._server_hostname or ""
+            try:
+                import ipaddress
+
+                ipaddress.ip_address(name)
+                kind = "IP Address"
+            except ValueError:
+                kind = "DNS"
+            return {"subject": ((("commonName", name),),), "subjectAltName": ((kind, name),)}
 
         def do_handshake(self, block=False):
             pass
@@ -554,6 +654,11 @@ def install():
                         ("SO_KEEPALIVE", 8), ("SHUT_RDWR", 2), ("SHUT_WR", 1), ("SHUT_RD", 0)):
         if not hasattr(_socket, name):
             setattr(_socket, name, value)
+    _select_module.select = select
+    _select_module.poll = _Poll
+    for name in ("POLLIN", "POLLPRI", "POLLOUT", "POLLERR", "POLLHUP", "POLLNVAL"):
+        if not hasattr(_select_module, name):
+            setattr(_select_module, name, globals()[name])
     try:
         import ssl  # noqa: F401  (CPython's, if this build ever has OpenSSL)
     except ImportError:

@@ -21,6 +21,7 @@ wasmtime::component::bindgen!({
         "net-start-tls": async,
         "net-send": async,
         "net-recv": async,
+        "net-readable": async,
     },
 });
 
@@ -252,6 +253,10 @@ impl SandboxImports for HostState {
         timeout_ms: u32,
     ) -> std::result::Result<Vec<u8>, String> {
         self.net.recv(connection, max_bytes, timeout_ms).await
+    }
+
+    async fn net_readable(&mut self, connection: u32, timeout_ms: u32) -> bool {
+        self.net.readable(connection, timeout_ms).await
     }
 
     fn net_close(&mut self, connection: u32) {

@@ -666,6 +666,29 @@ impl Connections {
         }
     }
 
+    /// `net-readable`: whether a read would not wait (data, the end, or an
+    /// error), waiting up to `timeout_ms` (0: just check; capped at the I/O
+    /// timeout). For TLS this looks at the socket under it, so decrypted
+    /// data already buffered is not seen: a false "not readable", never a
+    /// false "readable".
+    pub(crate) async fn readable(&mut self, id: u32, timeout_ms: u32) -> bool {
+        let wait = Duration::from_millis(timeout_ms.into()).min(self.policy.io_timeout);
+        let Ok(connection) = self.connection(id) else {
+            return true;
+        };
+        let tcp = match connection.stream.as_ref() {
+            Some(Stream::Tcp(tcp)) => tcp,
+            Some(Stream::Tls(tls)) => &tls.get_ref().0,
+            None => return true,
+        };
+        let mut byte = [0u8; 1];
+        // `timeout` polls the peek once before it looks at the clock, so a
+        // zero wait is a check.
+        tokio::time::timeout(wait, tcp.peek(&mut byte))
+            .await
+            .is_ok()
+    }
+
     /// `net-close`.
     pub(crate) fn close(&mut self, id: u32) {
         self.open.remove(&id);

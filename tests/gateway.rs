@@ -875,3 +875,70 @@ async fn functions_keep_counts_in_their_own_kv_store_and_log_with_the_request_id
     assert_eq!(event["span"]["request_id"], "log-test-request", "{event}");
     assert_eq!(event["level"], "INFO");
 }
+
+/// Fetches `event["url"]` with urllib and returns the body or the error;
+/// also writes and reads a file in `/tmp`.
+const FETCHER: &str = r#"
+import urllib.request, urllib.error
+
+def handler(event, context):
+    with open("/tmp/scratch.txt", "w") as f:
+        f.write(event["url"])
+    scratch = open("/tmp/scratch.txt").read() == event["url"]
+    try:
+        with urllib.request.urlopen(event["url"], timeout=5) as r:
+            return {"ok": True, "body": r.read().decode(), "scratch": scratch}
+    except urllib.error.URLError as e:
+        return {"ok": False, "error": f"{type(e.reason).__name__}: {e.reason}", "scratch": scratch}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_reaches_only_the_hosts_it_lists_and_the_operator_opened() {
+    let server = eryx_tests::WebServer::http().await;
+    let rule = format!("http://127.0.0.1:{}", server.port);
+    let mut limits = Limits::default();
+    limits.allow_private_hosts = vec![rule.clone()];
+    let gw = TestGateway::start(Config::new().with_limits(limits)).await;
+    let url = format!("{}/hello", server.url);
+
+    // Listed, and opened by the operator to its private address: answers.
+    let (status, body) = gw
+        .deploy_with("fetch-allowed", FETCHER, json!({ "allow_hosts": [rule] }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, out) = gw.invoke("fetch-allowed", json!({ "url": url })).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["body"], "hello from the test server", "{out}");
+    assert_eq!(out["scratch"], true);
+    assert_eq!(gw.info("fetch-allowed").await["allow_hosts"][0], rule);
+
+    // No allow_hosts: no network at all.
+    gw.deploy("fetch-none", FETCHER).await;
+    let (status, out) = gw.invoke("fetch-none", json!({ "url": url })).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["ok"], false);
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap()
+            .contains("NetworkPolicyError"),
+        "{out}"
+    );
+
+    // Listed by another spelling the operator did not open: public only.
+    let other = format!("127.0.0.1:{}", server.port);
+    let (status, body) = gw
+        .deploy_with("fetch-public", FETCHER, json!({ "allow_hosts": [other] }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, out) = gw.invoke("fetch-public", json!({ "url": url })).await;
+    assert!(out["error"].as_str().unwrap().contains("loopback"), "{out}");
+
+    // A rule that does not parse is a 400 at deploy.
+    let (status, body) = gw
+        .deploy_with("fetch-bad", FETCHER, json!({ "allow_hosts": ["ftp://x"] }))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    gw.gateway.shutdown().await;
+}

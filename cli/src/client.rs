@@ -38,6 +38,10 @@ pub struct DeployArgs {
     /// In-memory /tmp and /work per instance in MiB (default: the gateway's).
     #[arg(long)]
     tmp_mb: Option<u64>,
+    /// A host the handler may connect to, e.g. `api.example.com` or
+    /// `https://api.example.com:8443` (repeatable; default: none).
+    #[arg(long = "allow-host")]
+    allow_hosts: Vec<String>,
     /// Environment variable for the handler, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -134,6 +138,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         "timeout_ms": args.timeout_ms,
         "memory_mb": args.memory_mb,
         "tmp_mb": args.tmp_mb,
+        "allow_hosts": args.allow_hosts,
         "env": args.env.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     });
     runtime()?.block_on(async {

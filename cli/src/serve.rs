@@ -81,6 +81,15 @@ pub struct ServeArgs {
     /// and for sessions, in MiB [default: 64].
     #[arg(long, env = "ERYX_DEFAULT_TMP_MB")]
     default_tmp_mb: Option<u64>,
+    /// A network rule that functions listing it in allow_hosts may use to
+    /// reach loopback and private addresses (repeatable, or comma-separated
+    /// in the variable) [default: none].
+    #[arg(
+        long = "allow-private-host",
+        env = "ERYX_ALLOW_PRIVATE_HOSTS",
+        value_delimiter = ','
+    )]
+    allow_private_hosts: Vec<String>,
     /// Deployments building snapshots at once [default: 2].
     #[arg(long, env = "ERYX_MAX_CONCURRENT_DEPLOYS")]
     max_concurrent_deploys: Option<usize>,
@@ -172,6 +181,7 @@ pub fn run(
     if let Some(mb) = args.default_tmp_mb {
         limits.default_tmp_mb = mb;
     }
+    limits.allow_private_hosts = args.allow_private_hosts.clone();
     let mut config = eryx_gateway::Config::new()
         .with_listen(args.listen)
         .with_limits(limits);

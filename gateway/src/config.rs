@@ -190,6 +190,13 @@ pub struct Limits {
     pub default_tmp_mb: u64,
     /// Largest filesystem a deployment may ask for, in MiB (default 512).
     pub max_tmp_mb: u64,
+    /// Network rules (as a deployment's `allow_hosts` writes them) that may
+    /// reach loopback and private addresses when a deployment lists them:
+    /// the operator's opening to an internal network (default none, so a
+    /// function reaches public addresses only).
+    pub allow_private_hosts: Vec<String>,
+    /// Most hosts one deployment may list in `allow_hosts` (default 32).
+    pub max_allow_hosts: usize,
     /// How long a graceful shutdown waits for in-flight requests (default 30 s).
     pub shutdown_grace: Duration,
     /// How often loaded functions are checked against the store, so a
@@ -243,6 +250,8 @@ impl Default for Limits {
             max_memory_mb: 512,
             default_tmp_mb: 64,
             max_tmp_mb: 512,
+            allow_private_hosts: Vec::new(),
+            max_allow_hosts: 32,
             shutdown_grace: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(5),
             session_state_limit_bytes: 16 << 20,

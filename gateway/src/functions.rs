@@ -100,6 +100,10 @@ pub struct FunctionRecord {
     /// written before it existed read as 64).
     #[serde(default = "default_tmp_mb")]
     pub tmp_mb: u64,
+    /// Hosts the handler may connect to (network rules, see
+    /// [`eryx::NetworkPolicy`]); empty: none.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
     /// Environment variables the handler sees in `os.environ`.
     pub env: BTreeMap<String, String>,
     /// Key of the per-function snapshot artifact.
@@ -124,6 +128,27 @@ pub(crate) fn fs_limits(tmp_mb: u64) -> eryx::FsLimits {
     }
 }
 
+/// The network policy of a function allowing `hosts`: each rule to public
+/// addresses, or also to private ones when the operator listed the same rule
+/// in `private`.
+///
+/// # Errors
+/// [`eryx::Error::Config`] naming a rule that does not parse.
+pub(crate) fn network_policy(
+    hosts: &[String],
+    private: &[String],
+) -> eryx::Result<eryx::NetworkPolicy> {
+    let mut policy = eryx::NetworkPolicy::new();
+    for host in hosts {
+        policy = if private.iter().any(|p| p.eq_ignore_ascii_case(host)) {
+            policy.allow_private(host)?
+        } else {
+            policy.allow(host)?
+        };
+    }
+    Ok(policy)
+}
+
 /// A function as the API shows it (the environment's names, not values).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FunctionInfo {
@@ -139,6 +164,8 @@ pub struct FunctionInfo {
     pub memory_mb: u64,
     /// In-memory filesystem (`/tmp`, `/work`) per instance in MiB.
     pub tmp_mb: u64,
+    /// Hosts it may connect to.
+    pub allow_hosts: Vec<String>,
     /// Names of the environment variables set for it.
     pub env_keys: Vec<String>,
     /// Key (sha256) of its per-function snapshot artifact.
@@ -165,6 +192,7 @@ impl From<&FunctionRecord> for FunctionInfo {
             timeout_ms: record.timeout_ms,
             memory_mb: record.memory_mb,
             tmp_mb: record.tmp_mb,
+            allow_hosts: record.allow_hosts.clone(),
             env_keys: record.env.keys().cloned().collect(),
             artifact: record.artifact.clone(),
             source_sha256: record.source_sha256.clone(),
@@ -194,6 +222,13 @@ pub struct DeployRequest {
     /// (default from the gateway's limits, 64).
     #[serde(default)]
     pub tmp_mb: Option<u64>,
+    /// Hosts the handler may connect to, as network rules:
+    /// `api.example.com` (ports 80 and 443), `https://api.example.com`,
+    /// `*.example.com`, `host:8443` (default none: no network). Names must
+    /// resolve to public addresses unless the gateway's operator opened the
+    /// same rule to private ones.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
     /// Environment variables for the handler.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -681,6 +716,14 @@ impl Functions {
                 self.limits.max_tmp_mb
             )));
         }
+        if request.allow_hosts.len() > self.limits.max_allow_hosts {
+            return Err(FunctionError::Invalid(format!(
+                "allow_hosts may list at most {} hosts",
+                self.limits.max_allow_hosts
+            )));
+        }
+        network_policy(&request.allow_hosts, &self.limits.allow_private_hosts)
+            .map_err(|e| FunctionError::Invalid(e.to_string()))?;
         // The runtime's own rule, checked before any work is done.
         for (key, value) in &request.env {
             eryx::check_env(key, value).map_err(|e| FunctionError::Invalid(e.to_string()))?;
@@ -715,6 +758,7 @@ impl Functions {
             timeout_ms,
             memory_mb,
             tmp_mb,
+            allow_hosts: request.allow_hosts,
             env: request.env,
             source_sha256: source_sha256.clone(),
             source_bytes: request.source.len() as u64,
@@ -858,6 +902,10 @@ impl Functions {
             .with_result_limit_bytes(self.limits.max_response_bytes)
             .with_memory_limit_bytes(record.memory_mb << 20)
             .with_filesystem_limits(fs_limits(record.tmp_mb))
+            .with_network(
+                network_policy(&record.allow_hosts, &self.limits.allow_private_hosts)
+                    .map_err(|e| FunctionError::Invalid(e.to_string()))?,
+            )
             .with_library(crate::host_api::library(self.store.objects(), &record.name))
             .with_resource_limits(
                 eryx::ResourceLimits::default()

@@ -176,6 +176,7 @@ pub(super) async fn deploy_function(
             timeout_ms: None,
             memory_mb: None,
             tmp_mb: None,
+            allow_hosts: Vec::new(),
             env: Default::default(),
         }
     };

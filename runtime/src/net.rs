@@ -678,7 +678,7 @@ impl Connections {
         };
         let tcp = match connection.stream.as_ref() {
             Some(Stream::Tcp(tcp)) => tcp,
-            Some(Stream::Tls(tls)) => &tls.get_ref().0,
+            Some(Stream::Tls(tls)) => tls.get_ref().0,
             None => return true,
         };
         let mut byte = [0u8; 1];

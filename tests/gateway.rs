@@ -942,3 +942,137 @@ async fn a_function_reaches_only_the_hosts_it_lists_and_the_operator_opened() {
     assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     gw.gateway.shutdown().await;
 }
+
+/// A zip of `files` (path, contents), as a deploy bundle.
+fn zip_bundle(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (path, contents) in files {
+        out.start_file(*path, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        out.write_all(contents).unwrap();
+    }
+    out.finish().unwrap().into_inner()
+}
+
+const BUNDLED_MAIN: &str = r#"
+import os, sys
+import attr
+import helpers
+from shapes import util
+
+# Imported at deploy: the snapshot already holds it.
+IMPORTED_AT_DEPLOY = "attr" in sys.modules
+
+@attr.s(frozen=True)
+class Point:
+    x = attr.ib()
+    y = attr.ib(default=0)
+
+def handler(event, context):
+    return {
+        "point": repr(Point(event["x"])),
+        "double": helpers.double(event["x"]),
+        "shape": util.NAME,
+        "attr_mounted": attr.__file__.startswith("/eryx/path/"),
+        "imported_at_deploy": IMPORTED_AT_DEPLOY,
+        "greeting": os.environ.get("GREETING"),
+    }
+"#;
+
+async fn deploy_zip(gw: &TestGateway, name: &str, zip: Vec<u8>) -> (u16, serde_json::Value) {
+    let response = gw
+        .client
+        .put(format!("{}/v1/functions/{name}", gw.url))
+        .header("content-type", "application/zip")
+        .body(zip)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zip_bundle_with_modules_and_a_real_wheel_deploys_answers_and_loads_on_another_replica() {
+    let attrs = std::fs::read(eryx_tests::fetch_wheel(eryx_tests::ATTRS_WHEEL)).unwrap();
+    let zip = zip_bundle(&[
+        ("main.py", BUNDLED_MAIN.as_bytes().to_vec()),
+        ("helpers.py", b"def double(x):\n    return 2 * x\n".to_vec()),
+        ("shapes/__init__.py", Vec::new()),
+        ("shapes/util.py", b"NAME = 'square'\n".to_vec()),
+        ("wheels/attrs-25.3.0-py3-none-any.whl", attrs),
+        (
+            "eryx.json",
+            br#"{"timeout_ms": 5000, "env": {"GREETING": "hi"}}"#.to_vec(),
+        ),
+    ]);
+    let sha = eryx_preinit::sha256_hex(&zip);
+    let store = tempfile::tempdir().unwrap();
+    eryx_tests::seed_store(store.path());
+    let config = || Config::new().with_store(store.path().to_str().unwrap());
+    let (a, a_url) = start_gateway(config()).await;
+    let a_gw = TestGateway {
+        gateway: a,
+        url: a_url,
+        client: reqwest::Client::new(),
+        store: tempfile::tempdir().unwrap(),
+    };
+    let (status, body) = deploy_zip(&a_gw, "bundled", zip).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["function"]["bundle_sha256"], sha.as_str());
+    assert_eq!(body["function"]["timeout_ms"], 5000);
+    let expected = json!({
+        "point": "Point(x=3, y=0)",
+        "double": 6,
+        "shape": "square",
+        "attr_mounted": true,
+        "imported_at_deploy": true,
+        "greeting": "hi",
+    });
+    let (status, out) = a_gw.invoke("bundled", json!({"x": 3})).await;
+    assert_eq!((status, &out), (200, &expected));
+
+    // Another replica without the unpacked bundle fetches it from the store.
+    let unpacked = eryx_preinit::default_data_dir().join("bundles").join(&sha);
+    std::fs::remove_dir_all(&unpacked).unwrap();
+    let (b, b_url) = start_gateway(config()).await;
+    let b_gw = TestGateway {
+        gateway: b,
+        url: b_url,
+        client: reqwest::Client::new(),
+        store: tempfile::tempdir().unwrap(),
+    };
+    let (status, out) = b_gw.invoke("bundled", json!({"x": 3})).await;
+    assert_eq!((status, &out), (200, &expected));
+    assert!(unpacked.join("attr/__init__.py").exists());
+
+    // A wheel with native code is refused, and the deployed version stays.
+    let native = std::fs::read(eryx_tests::fetch_wheel(eryx_tests::NATIVE_WHEEL)).unwrap();
+    let zip = zip_bundle(&[
+        (
+            "main.py",
+            b"def handler(event, context):\n    return 1\n".to_vec(),
+        ),
+        (
+            "MarkupSafe-3.0.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            native,
+        ),
+    ]);
+    let (status, body) = deploy_zip(&b_gw, "bundled", zip).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("native code"),
+        "{body}"
+    );
+    // A bundle without main.py, or with a path outside it, is refused too.
+    let (status, body) = deploy_zip(&b_gw, "bundled", zip_bundle(&[("app.py", Vec::new())])).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, out) = b_gw.invoke("bundled", json!({"x": 1})).await;
+    assert_eq!(status, 200, "{out}");
+    a_gw.gateway.shutdown().await;
+    b_gw.gateway.shutdown().await;
+}

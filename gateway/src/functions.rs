@@ -4,7 +4,8 @@
 //! Store layout (beside the base artifacts of `eryx-preinit`):
 //! `functions/<name>.json` is a function's [`FunctionRecord`] (written last:
 //! it is the point of deployment); `sources/<sha256>.py` its source (kept so
-//! a snapshot can be rebuilt for another engine); `artifacts/<key>.cwasm` and
+//! a snapshot can be rebuilt for another engine); `bundles/<sha256>.zip` the
+//! deploy bundle it came in, if any (see [`crate::bundle`]); `artifacts/<key>.cwasm` and
 //! `.json` its precompiled snapshot, content-addressed like the base's.
 
 use std::collections::{BTreeMap, HashMap};
@@ -112,6 +113,10 @@ pub struct FunctionRecord {
     pub source_sha256: String,
     /// Size of the source in bytes.
     pub source_bytes: u64,
+    /// sha256 (hex) of the deploy bundle (`bundles/<sha256>.zip`) whose
+    /// modules and wheels the function imports, if it came in one.
+    #[serde(default)]
+    pub bundle_sha256: Option<String>,
     /// When this version was deployed, in ms since the Unix epoch.
     pub created_unix_ms: u64,
 }
@@ -174,6 +179,9 @@ pub struct FunctionInfo {
     pub source_sha256: String,
     /// Size of its source in bytes.
     pub source_bytes: u64,
+    /// sha256 of the deploy bundle it came in, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_sha256: Option<String>,
     /// When this version was deployed, in ms since the Unix epoch.
     pub created_unix_ms: u64,
     /// How this replica serves it, when it has loaded it: `snapshot` (from
@@ -197,6 +205,7 @@ impl From<&FunctionRecord> for FunctionInfo {
             artifact: record.artifact.clone(),
             source_sha256: record.source_sha256.clone(),
             source_bytes: record.source_bytes,
+            bundle_sha256: record.bundle_sha256.clone(),
             created_unix_ms: record.created_unix_ms,
             serving: None,
         }
@@ -557,6 +566,7 @@ impl Functions {
         let Some(record) = self.read_record(name).await? else {
             return Ok(None);
         };
+        self.ensure_bundle(&record).await?;
         let deployed = match self.compiled(&record.artifact).await {
             Some(manifest) => {
                 let slots = self.new_slots();
@@ -591,6 +601,41 @@ impl Functions {
         Ok(Some(deployed))
     }
 
+    /// Unpacks the bundle `record` came in (fetched from the store and
+    /// checked against the record's sha256) unless this replica has it.
+    async fn ensure_bundle(&self, record: &FunctionRecord) -> Result<(), FunctionError> {
+        let Some(sha) = &record.bundle_sha256 else {
+            return Ok(());
+        };
+        if crate::bundle::dir(&self.data_dir, sha).exists() {
+            return Ok(());
+        }
+        let bytes = self
+            .store
+            .objects()
+            .get(&format!("bundles/{sha}.zip"))
+            .await?
+            .ok_or_else(|| {
+                FunctionError::Internal(format!(
+                    "the bundle of function {} is missing",
+                    record.name
+                ))
+            })?;
+        if eryx_preinit::sha256_hex(&bytes) != *sha {
+            return Err(FunctionError::Integrity(format!(
+                "the stored bundle of function {} does not match its record",
+                record.name
+            )));
+        }
+        let data_dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let bundle = crate::bundle::parse(&bytes)?;
+            crate::bundle::install(&bundle, &data_dir).map(|_| ())
+        })
+        .await
+        .map_err(|e| FunctionError::Internal(format!("unpack task: {e}")))?
+    }
+
     /// `name`'s record: signed by a holder of the gateway's key, and
     /// naming only well-formed keys (they become store paths and file names).
     async fn read_record(&self, name: &str) -> Result<Option<FunctionRecord>, FunctionError> {
@@ -617,6 +662,10 @@ impl Functions {
         if record.name != name
             || !eryx_preinit::is_artifact_key(&record.artifact)
             || !eryx_preinit::is_artifact_key(&record.source_sha256)
+            || record
+                .bundle_sha256
+                .as_deref()
+                .is_some_and(|sha| !eryx_preinit::is_artifact_key(sha))
         {
             return Err(FunctionError::Integrity(format!(
                 "the stored record of function {name} is malformed"
@@ -685,10 +734,30 @@ impl Functions {
     pub(crate) async fn deploy(
         self: &Arc<Self>,
         name: &str,
-        request: DeployRequest,
+        mut request: DeployRequest,
+        bundle_bytes: Option<bytes::Bytes>,
         wait: bool,
     ) -> Result<DeployResponse, FunctionError> {
         let total = Instant::now();
+        // A bundle brings the source and the settings (this runs on a
+        // blocking thread: unpacking wheels is CPU work).
+        let bundle = match &bundle_bytes {
+            Some(bytes) => {
+                let bundle = crate::bundle::parse(bytes)?;
+                let settings = &bundle.settings;
+                request = DeployRequest {
+                    source: bundle.main.clone(),
+                    handler: settings.handler.clone(),
+                    timeout_ms: settings.timeout_ms,
+                    memory_mb: settings.memory_mb,
+                    tmp_mb: settings.tmp_mb,
+                    allow_hosts: settings.allow_hosts.clone(),
+                    env: settings.env.clone(),
+                };
+                Some(bundle)
+            }
+            None => None,
+        };
         let handler = request.handler.unwrap_or_else(|| "handler".to_owned());
         if !valid_identifier(&handler) {
             return Err(FunctionError::Invalid(format!(
@@ -750,10 +819,15 @@ impl Functions {
             Ok(None) => (None, Some(Condition::Create)),
             Err(error) => return Err(error),
         };
+        let bundle_sha256 = bundle.as_ref().map(|b| b.sha256.clone());
+        if let Some(bundle) = &bundle {
+            crate::bundle::install(bundle, &self.data_dir)?;
+        }
         let mut record = FunctionRecord {
             name: name.to_owned(),
             version: previous.as_ref().map_or(1, |p| p.version + 1),
-            artifact: self.artifact_key(name, &handler, &request.source),
+            artifact: self.artifact_key(name, &handler, &request.source, bundle_sha256.as_deref()),
+            bundle_sha256,
             handler,
             timeout_ms,
             memory_mb,
@@ -806,6 +880,9 @@ impl Functions {
                 request.source.into_bytes(),
             )
             .await?;
+        if let (Some(bytes), Some(sha)) = (bundle_bytes, &record.bundle_sha256) {
+            objects.put(&format!("bundles/{sha}.zip"), bytes).await?;
+        }
         // The record is written last (signed): until then the previous
         // version is the deployed one, here and for every other replica.
         let written = match condition {
@@ -853,7 +930,13 @@ impl Functions {
     }
 
     /// The content-addressed key of a function's snapshot on this base.
-    fn artifact_key(&self, name: &str, handler: &str, source: &str) -> String {
+    fn artifact_key(
+        &self,
+        name: &str,
+        handler: &str,
+        source: &str,
+        bundle: Option<&str>,
+    ) -> String {
         let mut hasher = Sha256::new();
         for part in [
             self.base.key.as_str(),
@@ -868,6 +951,8 @@ impl Functions {
             &module_name(name),
             handler,
             source,
+            // The bundle's modules are imported with it.
+            bundle.unwrap_or(""),
         ] {
             hasher.update(part.as_bytes());
             hasher.update([0]);
@@ -913,6 +998,9 @@ impl Functions {
                     .with_callback_timeout(crate::host_api::CALLBACK_TIMEOUT),
             )
             .with_data_dir(&self.data_dir);
+        if let Some(sha) = &record.bundle_sha256 {
+            sandbox = sandbox.with_package_dir(crate::bundle::dir(&self.data_dir, sha));
+        }
         for (key, value) in &record.env {
             sandbox = sandbox.with_env(key, value);
         }
@@ -929,6 +1017,10 @@ impl Functions {
         source: &str,
     ) -> Result<Pending, FunctionError> {
         let module_name = module_name(&record.name);
+        let mut mounts = vec![self.host_mount.clone()];
+        if let Some(sha) = &record.bundle_sha256 {
+            mounts.push(crate::bundle::dir(&self.data_dir, sha));
+        }
         let snapshot = self
             .builder
             .snapshot_with_mounts(
@@ -939,7 +1031,7 @@ impl Functions {
                     import_timeout: self.limits.deploy_import_timeout,
                     memory_limit_bytes: Some(record.memory_mb << 20),
                 },
-                std::slice::from_ref(&self.host_mount),
+                &mounts,
             )
             .await
             .map_err(|error| match error {

@@ -26,6 +26,7 @@
 //! ```
 
 mod api;
+mod bundle;
 mod config;
 mod error;
 mod functions;

@@ -197,8 +197,32 @@ pub(crate) fn unpack_wheel(wheel: &Path, data_dir: &Path) -> Result<PathBuf> {
     if dir.exists() {
         return Ok(dir);
     }
-    let bad = |why: String| Error::Config(format!("package {}: {why}", wheel.display()));
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&bytes))
+    let entries = wheel_files(&wheel.display().to_string(), &bytes)?;
+    fill_once(&dir, |tmp| {
+        for (path, contents) in &entries {
+            let target = tmp.join(path);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(target, contents)?;
+        }
+        Ok(())
+    })?;
+    Ok(dir)
+}
+
+/// The files of the pure-Python wheel `bytes` (named `name` in errors):
+/// relative paths (plain components only) and contents, checked as
+/// [`with_package`](crate::SandboxBuilder::with_package) checks them.
+///
+/// # Errors
+/// [`Error::Config`] when it is not a wheel (zip), names a path outside its
+/// root, carries native code (`Root-Is-Purelib: false`, or a `.so`, `.pyd`
+/// or `.dylib` file), or unpacks to more than 256 MiB or 50,000 entries.
+/// [`Error::Io`] when an entry cannot be read.
+pub fn wheel_files(name: &str, bytes: &[u8]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let bad = |why: String| Error::Config(format!("package {name}: {why}"));
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| bad(format!("not a wheel (zip): {e}")))?;
     if archive.len() > MAX_WHEEL_ENTRIES {
         return Err(bad(format!("more than {MAX_WHEEL_ENTRIES} entries")));
@@ -219,12 +243,8 @@ pub(crate) fn unpack_wheel(wheel: &Path, data_dir: &Path) -> Result<PathBuf> {
         {
             return Err(bad(format!("entry {:?} is not a plain path", entry.name())));
         }
-        let name = path.to_string_lossy().to_lowercase();
-        if [".so", ".pyd", ".dylib"]
-            .iter()
-            .any(|ext| name.ends_with(ext))
-            || name.contains(".so.")
-        {
+        let lower = path.to_string_lossy().to_lowercase();
+        if is_native(&lower) {
             return Err(bad(format!(
                 "{} is native code; only pure-Python wheels run in the sandbox",
                 path.display()
@@ -246,7 +266,7 @@ pub(crate) fn unpack_wheel(wheel: &Path, data_dir: &Path) -> Result<PathBuf> {
                 MAX_WHEEL_BYTES >> 20
             )));
         }
-        if name.ends_with(".dist-info/wheel") {
+        if lower.ends_with(".dist-info/wheel") {
             let text = String::from_utf8_lossy(&contents);
             if text.lines().any(|l| l.trim() == "Root-Is-Purelib: false") {
                 return Err(bad(
@@ -257,17 +277,15 @@ pub(crate) fn unpack_wheel(wheel: &Path, data_dir: &Path) -> Result<PathBuf> {
         }
         entries.push((path, contents));
     }
-    fill_once(&dir, |tmp| {
-        for (path, contents) in &entries {
-            let target = tmp.join(path);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(target, contents)?;
-        }
-        Ok(())
-    })?;
-    Ok(dir)
+    Ok(entries)
+}
+
+/// Whether a (lowercase) file name is a native extension or library.
+pub(crate) fn is_native(lower: &str) -> bool {
+    [".so", ".pyd", ".dylib", ".dll"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
+        || lower.contains(".so.")
 }
 
 /// Fills `dir` once (a directory that exists is complete: every directory

@@ -159,6 +159,7 @@ pub struct SandboxBuilder {
     pending_callbacks: Vec<Arc<dyn Callback>>,
     libraries: Vec<RuntimeLibrary>,
     packages: Vec<std::path::PathBuf>,
+    package_dirs: Vec<std::path::PathBuf>,
     preload: Vec<String>,
     data_dir: Option<std::path::PathBuf>,
 }
@@ -234,6 +235,7 @@ impl Sandbox {
             pending_callbacks: Vec::new(),
             libraries: Vec::new(),
             packages: Vec::new(),
+            package_dirs: Vec::new(),
             preload: Vec::new(),
             data_dir: None,
         }
@@ -438,6 +440,16 @@ impl SandboxBuilder {
         self
     }
 
+    /// Mounts the host directory `dir` (pure-Python modules and packages,
+    /// e.g. wheels unpacked with [`wheel_files`](crate::wheel_files))
+    /// read-only on `sys.path`, after the libraries and wheels. The sandbox
+    /// never writes to it; the caller must not change it while sandboxes
+    /// use it (a snapshot taken with it expects the same files).
+    pub fn with_package_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.package_dirs.push(dir.into());
+        self
+    }
+
     /// Imports `modules` (from packages, libraries or the standard library)
     /// into a snapshot that every instance of the sandbox starts from, so
     /// their import cost is paid once: [`build`](Self::build) re-snapshots
@@ -532,6 +544,9 @@ impl SandboxBuilder {
                     .push(crate::library::unpack_wheel(wheel, &data_dir)?);
             }
         }
+        self.settings
+            .mounts
+            .extend(self.package_dirs.iter().cloned());
         let mut runtime = match self.runtime {
             Some(runtime) => runtime,
             None => Runtime::shared()?,

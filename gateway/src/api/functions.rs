@@ -136,8 +136,9 @@ pub(super) async fn delete_function(
     }
 }
 
-/// Deploys (or redeploys) a function: Python source as `text/x-python`, or
-/// a JSON [`DeployRequest`]. Imports the module and snapshots it (a module
+/// Deploys (or redeploys) a function: Python source as `text/x-python`, a
+/// JSON [`DeployRequest`], or a zip bundle as `application/zip` (`main.py`,
+/// more modules, pure-Python wheels, optional `eryx.json` settings). Imports the module and snapshots it (a module
 /// that does not import leaves the previous version serving), then serves
 /// the new version at once; its snapshot compiles in the background unless
 /// `?wait=true`.
@@ -145,7 +146,7 @@ pub(super) async fn delete_function(
     params(("name" = String, Path, description = "Function name, [a-z0-9-]{1,63}"),
            ("wait" = Option<bool>, Query, description = "Answer only once the snapshot is compiled")),
     request_body(description = "The module's source, or a JSON deployment",
-        content((String = "text/x-python"), (DeployRequest = "application/json"))),
+        content((String = "text/x-python"), (DeployRequest = "application/json"), (Vec<u8> = "application/zip"))),
     responses((status = 201, description = "Deployed", body = DeployResponse),
               (status = 400, description = "Invalid request, syntax error or import failure", body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -157,14 +158,31 @@ pub(super) async fn deploy_function(
     authorize(state, request.headers(), Scope::Admin)?;
     checked_name(&name)?;
     registry(state)?;
-    let is_json = request
+    let content_type = request
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .unwrap_or("")
+        .to_owned();
+    let is_json = content_type.starts_with("application/json");
+    let is_zip = content_type.starts_with("application/zip");
     let wait = query_flag(&request, "wait");
     let body = read_body(state, request).await?;
-    let deploy: DeployRequest = if is_json {
+    let mut bundle = None;
+    let deploy: DeployRequest = if is_zip {
+        // The bundle carries the source and settings; they are read from it
+        // on the deploy's blocking thread.
+        bundle = Some(body);
+        DeployRequest {
+            source: String::new(),
+            handler: None,
+            timeout_ms: None,
+            memory_mb: None,
+            tmp_mb: None,
+            allow_hosts: Vec::new(),
+            env: Default::default(),
+        }
+    } else if is_json {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid deployment JSON: {e}")))?
     } else {
@@ -188,7 +206,7 @@ pub(super) async fn deploy_function(
     let outcome = tokio::task::spawn_blocking(move || {
         runtime.block_on(async {
             let functions = state2.functions.get().expect("checked ready above");
-            functions.deploy(&name, deploy, wait).await
+            functions.deploy(&name, deploy, bundle, wait).await
         })
     })
     .await

@@ -42,6 +42,19 @@ pub struct DeployArgs {
     /// `https://api.example.com:8443` (repeatable; default: none).
     #[arg(long = "allow-host")]
     allow_hosts: Vec<String>,
+    /// A pure-Python wheel (.whl) to ship with the function (repeatable);
+    /// the deploy is then a zip bundle.
+    #[arg(long = "wheel")]
+    wheels: Vec<PathBuf>,
+    /// A pip requirements file: its pure-Python wheels (and their
+    /// dependencies) are downloaded with `python3 -m pip download` for
+    /// CPython 3.14 and shipped with the function.
+    #[arg(long)]
+    requirements: Option<PathBuf>,
+    /// Another module (a .py file) or package (a directory) to ship beside
+    /// FILE (repeatable).
+    #[arg(long = "module")]
+    modules: Vec<PathBuf>,
     /// Environment variable for the handler, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -132,8 +145,7 @@ pub(crate) async fn send(
 pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let source = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let body = serde_json::json!({
-        "source": source,
+    let mut settings = serde_json::json!({
         "handler": args.handler,
         "timeout_ms": args.timeout_ms,
         "memory_mb": args.memory_mb,
@@ -141,13 +153,33 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         "allow_hosts": args.allow_hosts,
         "env": args.env.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     });
+    let bundled =
+        !args.wheels.is_empty() || args.requirements.is_some() || !args.modules.is_empty();
+    let zip = if bundled {
+        let mut wheels = args.wheels.clone();
+        let downloads = tempfile::tempdir()?;
+        if let Some(requirements) = &args.requirements {
+            wheels.extend(download_requirements(requirements, downloads.path())?);
+        }
+        settings
+            .as_object_mut()
+            .expect("an object")
+            .retain(|_, v| !v.is_null());
+        Some(bundle(&source, &settings, &args.modules, &wheels)?)
+    } else {
+        settings["source"] = source.into();
+        None
+    };
     runtime()?.block_on(async {
         let deploy = request(
             &args.target,
             reqwest::Method::PUT,
             &format!("/v1/functions/{}", args.name),
-        )
-        .json(&body);
+        );
+        let deploy = match zip {
+            Some(zip) => deploy.header("content-type", "application/zip").body(zip),
+            None => deploy.json(&settings),
+        };
         let text = match send(deploy, &args.target).await? {
             Ok(text) => text,
             Err(code) => return Ok(code),
@@ -166,6 +198,111 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Downloads the wheels `requirements` names (with their dependencies) into
+/// `dir` with pip, pure-Python ones only (`--platform any`, CPython 3.14);
+/// returns their paths.
+fn download_requirements(
+    requirements: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let status = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args([
+            "--only-binary=:all:",
+            "--platform",
+            "any",
+            "--implementation",
+            "py",
+        ])
+        .args(["--python-version", "3.14", "--dest"])
+        .arg(dir)
+        .arg("--requirement")
+        .arg(requirements)
+        .status()
+        .context("running `python3 -m pip download` (pip is needed for --requirements)")?;
+    if !status.success() {
+        bail!(
+            "pip could not download pure-Python wheels for {} (a package without a py3-none-any wheel has native code, which the sandbox cannot run)",
+            requirements.display()
+        );
+    }
+    let mut wheels: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "whl"))
+        .collect();
+    wheels.sort();
+    Ok(wheels)
+}
+
+/// A deploy bundle: `source` as `main.py`, `modules` (files, or package
+/// directories with their `.py` and data files) beside it, `wheels` under
+/// `wheels/`, and `settings` as `eryx.json`.
+fn bundle(
+    source: &str,
+    settings: &serde_json::Value,
+    modules: &[PathBuf],
+    wheels: &[PathBuf],
+) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    let add = |zip: &mut zip::ZipWriter<_>, name: &str, bytes: &[u8]| -> anyhow::Result<()> {
+        zip.start_file(name, options)?;
+        zip.write_all(bytes)?;
+        Ok(())
+    };
+    add(&mut zip, "main.py", source.as_bytes())?;
+    add(
+        &mut zip,
+        "eryx.json",
+        serde_json::to_string(settings)?.as_bytes(),
+    )?;
+    for module in modules {
+        let base = module
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let mut pending = vec![module.clone()];
+        while let Some(path) = pending.pop() {
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n == "__pycache__") {
+                    continue;
+                }
+                for entry in std::fs::read_dir(&path)? {
+                    pending.push(entry?.path());
+                }
+                continue;
+            }
+            let name = path
+                .strip_prefix(&base)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            add(&mut zip, &name, &bytes)?;
+        }
+    }
+    for wheel in wheels {
+        let file = wheel
+            .file_name()
+            .with_context(|| format!("{} has no file name", wheel.display()))?
+            .to_string_lossy();
+        let bytes =
+            std::fs::read(wheel).with_context(|| format!("cannot read {}", wheel.display()))?;
+        add(&mut zip, &format!("wheels/{file}"), &bytes)?;
+    }
+    Ok(zip.finish()?.into_inner())
 }
 
 /// `eryx invoke NAME [EVENT]`.

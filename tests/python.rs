@@ -263,3 +263,69 @@ print(json.dumps(out, sort_keys=True))
     );
     assert_eq!(result.stdout, expected);
 }
+
+#[tokio::test]
+async fn zoneinfo_converts_new_york_to_tokyo_with_the_bundled_tz_database() {
+    let result = run(r#"
+from datetime import datetime
+from zoneinfo import ZoneInfo, available_timezones
+ny = datetime(2026, 7, 1, 9, 30, tzinfo=ZoneInfo("America/New_York"))
+tokyo = ny.astimezone(ZoneInfo("Asia/Tokyo"))
+winter = datetime(2026, 1, 15, 12, 0, tzinfo=ZoneInfo("America/New_York")).utcoffset().total_seconds() / 3600
+tokyo.isoformat(), winter, len(available_timezones()) > 400
+"#)
+    .await;
+    assert_eq!(
+        result.result.as_deref(),
+        Some("('2026-07-01T22:30:00+09:00', -5.0, True)")
+    );
+}
+
+#[tokio::test]
+async fn pbkdf2_hmac_matches_the_rfc_6070_and_rfc_7914_vectors() {
+    // RFC 6070 (PBKDF2-HMAC-SHA1), all six vectors, and RFC 7914 section 11
+    // (PBKDF2-HMAC-SHA256).
+    let result = run(r#"
+import hashlib
+vectors = [
+    ("sha1", b"password", b"salt", 1, 20, "0c60c80f961f0e71f3a9b524af6012062fe037a6"),
+    ("sha1", b"password", b"salt", 2, 20, "ea6c014dc72d6f8ccd1ed92ace1d41f0d8de8957"),
+    ("sha1", b"password", b"salt", 4096, 20, "4b007901b765489abead49d926f721d065a429c1"),
+    ("sha1", b"password", b"salt", 16777216, 20, "eefe3d61cd4da4e4e9945b3d6ba2158c2634e984"),
+    ("sha1", b"passwordPASSWORDpassword", b"saltSALTsaltSALTsaltSALTsaltSALTsalt", 4096, 25,
+     "3d2eec4fe41c849b80c8d83662c0e44a8b291a964cf2f07038"),
+    ("sha1", b"pass\0word", b"sa\0lt", 4096, 16, "56fa6aa75548099dcc37d7f03425e0c3"),
+    ("sha256", b"passwd", b"salt", 1, 64,
+     "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc49ca9cccf179b645991664b39d77ef317c71b845b1e30bd509112041d3a19783"),
+]
+wrong = [v for v in vectors if hashlib.pbkdf2_hmac(v[0], v[1], v[2], v[3], v[4]).hex() != v[5]]
+errors = []
+for call in (lambda: hashlib.pbkdf2_hmac("sha1", b"p", b"s", 0),
+             lambda: hashlib.pbkdf2_hmac("whirlpool", b"p", b"s", 1)):
+    try:
+        call()
+    except ValueError as e:
+        errors.append(str(e))
+wrong, len(hashlib.pbkdf2_hmac("sha512", b"p", b"s", 10)), errors
+"#)
+    .await;
+    assert_eq!(
+        result.result.as_deref(),
+        Some(
+            "([], 64, ['iteration value must be greater than 0.', 'unsupported hash type whirlpool'])"
+        )
+    );
+}
+
+#[tokio::test]
+async fn sysconfig_config_args_parse_with_shlex() {
+    let result = run(r#"
+import shlex, sysconfig
+shlex.split(sysconfig.get_config_var("CONFIG_ARGS"))
+"#)
+    .await;
+    assert_eq!(
+        result.result.as_deref(),
+        Some("['-C', '--host=wasm32-unknown-wasip2', '--build=x86_64-pc-linux-gnu']")
+    );
+}

@@ -49,14 +49,56 @@ pub const LIBRARIES: [&str; 8] = [
 /// [`Error::Fetch`] when pip cannot be run or fails, [`Error::HashMismatch`]
 /// when the file's sha256 is not [`WHEEL_SHA256`].
 pub fn fetch_wheel(dir: &Path) -> Result<PathBuf> {
-    if let Some(local) = std::env::var_os("ERYX_WHEEL") {
+    fetch_pinned(
+        dir,
+        "ERYX_WHEEL",
+        (WHEEL_REQUIREMENT, WHEEL_FILE, WHEEL_SHA256),
+        &[
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--python-version",
+            "3.11",
+        ],
+    )
+}
+
+/// The pip requirement of the time zone database put into the standard
+/// library (the `tzdata` package `zoneinfo` falls back to when the system has
+/// no `/usr/share/zoneinfo`, as under WASI).
+pub const TZDATA_REQUIREMENT: &str = "tzdata==2025.2";
+/// File name of the tzdata wheel (pure Python, data only).
+pub const TZDATA_FILE: &str = "tzdata-2025.2-py2.py3-none-any.whl";
+/// Its sha256, as published on PyPI.
+pub const TZDATA_SHA256: &str = "1a403fada01ff9221ca8044d701868fa132215d84beb92242d9acd2147f667a8";
+
+/// Returns the tzdata wheel in `dir/wheels`, downloading it when absent
+/// (`ERYX_TZDATA_WHEEL` may name a local copy).
+///
+/// # Errors
+/// As [`fetch_wheel`], against [`TZDATA_SHA256`].
+pub fn fetch_tzdata(dir: &Path) -> Result<PathBuf> {
+    fetch_pinned(
+        dir,
+        "ERYX_TZDATA_WHEEL",
+        (TZDATA_REQUIREMENT, TZDATA_FILE, TZDATA_SHA256),
+        &[],
+    )
+}
+
+fn fetch_pinned(
+    dir: &Path,
+    variable: &str,
+    (requirement, file, sha256): (&str, &str, &str),
+    platform: &[&str],
+) -> Result<PathBuf> {
+    if let Some(local) = std::env::var_os(variable) {
         let local = PathBuf::from(local);
-        verify_wheel(&local)?;
+        verify(&local, sha256)?;
         return Ok(local);
     }
     let wheels = dir.join("wheels");
-    let path = wheels.join(WHEEL_FILE);
-    if path.exists() && verify_wheel(&path).is_ok() {
+    let path = wheels.join(file);
+    if path.exists() && verify(&path, sha256).is_ok() {
         return Ok(path);
     }
     fs::create_dir_all(&wheels)?;
@@ -64,53 +106,117 @@ pub fn fetch_wheel(dir: &Path) -> Result<PathBuf> {
     let python = std::env::var("ERYX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let output = Command::new(&python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-        .args(["--platform", "manylinux_2_28_x86_64", "--python-version", "3.11"])
+        .args(platform)
         .arg("--dest")
         .arg(tmp.path())
-        .arg(WHEEL_REQUIREMENT)
+        .arg(requirement)
         .output()
-        .map_err(|e| Error::Fetch(format!("could not run `{python} -m pip` ({e}); install Python 3 with pip, or set ERYX_WHEEL to a downloaded {WHEEL_FILE}")))?;
+        .map_err(|e| Error::Fetch(format!("could not run `{python} -m pip` ({e}); install Python 3 with pip, or set {variable} to a downloaded {file}")))?;
     if !output.status.success() {
         return Err(Error::Fetch(format!(
-            "`{python} -m pip download {WHEEL_REQUIREMENT}` failed: {}",
+            "`{python} -m pip download {requirement}` failed: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
-    let downloaded = tmp.path().join(WHEEL_FILE);
-    verify_wheel(&downloaded)?;
+    let downloaded = tmp.path().join(file);
+    verify(&downloaded, sha256)?;
     fs::rename(&downloaded, &path)?;
     Ok(path)
 }
 
-fn verify_wheel(path: &Path) -> Result<()> {
+fn verify(path: &Path, expected: &str) -> Result<()> {
     let bytes =
         fs::read(path).map_err(|e| Error::Fetch(format!("cannot read {}: {e}", path.display())))?;
     let actual = sha256_hex(&bytes);
-    if actual != WHEEL_SHA256 {
+    if actual != expected {
         return Err(Error::HashMismatch {
             what: path.display().to_string(),
             algorithm: "sha256",
-            expected: WHEEL_SHA256.to_owned(),
+            expected: expected.to_owned(),
             actual,
         });
     }
     Ok(())
 }
 
+/// Bumped when [`ensure_extracted`] lays the distribution out differently
+/// from the same wheels.
+const LAYOUT: &str = "eryx-dist-v2";
+
 /// Fetches (if needed) and extracts the distribution into
-/// `dir/python/<wheel hash>`; a complete extraction is reused.
+/// `dir/python/<hash of the inputs>`; a complete extraction is reused. The
+/// standard library gets the `tzdata` package (from [`fetch_tzdata`]) and a
+/// repaired `CONFIG_ARGS` (see [`repair_config_args`]).
 ///
 /// # Errors
 /// As [`fetch_wheel`]; [`Error::Extract`] when the wheel lacks a part we need.
 pub fn ensure_extracted(dir: &Path) -> Result<PythonDist> {
-    let out = dir.join("python").join(&WHEEL_SHA256[..16]);
+    let key = sha256_hex(format!("{LAYOUT}\0{WHEEL_SHA256}\0{TZDATA_SHA256}").as_bytes());
+    let out = dir.join("python").join(&key[..16]);
     let dist = PythonDist { dir: out.clone() };
     if out.join(crate::ADAPTER_FILE).exists() {
         return Ok(dist);
     }
     let wheel = fetch_wheel(dir)?;
-    atomic_dir(&out, |tmp| extract(&wheel, tmp))?;
+    let tzdata = fetch_tzdata(dir)?;
+    atomic_dir(&out, |tmp| {
+        extract(&wheel, tmp)?;
+        add_tzdata(&tzdata, &tmp.join("stdlib"))?;
+        repair_config_args(&tmp.join("stdlib"))
+    })?;
     Ok(dist)
+}
+
+/// Unpacks the tzdata wheel (its `tzdata/` package and dist-info) into the
+/// standard library directory `stdlib`.
+fn add_tzdata(wheel: &Path, stdlib: &Path) -> Result<()> {
+    let mut archive = zip::ZipArchive::new(fs::File::open(wheel)?)
+        .map_err(|e| Error::Extract(format!("{}: {e}", wheel.display())))?;
+    for i in 0..archive.len() {
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| Error::Extract(format!("{}: {e}", wheel.display())))?;
+        let Some(path) = entry.enclosed_name() else {
+            return Err(Error::Extract(format!(
+                "{}: a path outside the wheel",
+                wheel.display()
+            )));
+        };
+        if entry.is_dir() {
+            continue;
+        }
+        let target = stdlib.join(path);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut contents = Vec::new();
+        entry.read_to_end(&mut contents)?;
+        fs::write(target, contents)?;
+    }
+    Ok(())
+}
+
+/// The `CONFIG_ARGS` the pinned build records is cut off inside a quote
+/// (`'--build=x86_64-pc-linux-gnu` without its closing `'`), so
+/// `shlex.split(sysconfig.get_config_var("CONFIG_ARGS"))` fails. Closes the
+/// quote in the two files that carry the build variables; a build whose value
+/// is already whole is left alone.
+fn repair_config_args(stdlib: &Path) -> Result<()> {
+    const CUT: &str = "'-C' '--host=wasm32-unknown-wasip2' '--build=x86_64-pc-linux-gnu";
+    for name in [
+        "_sysconfigdata__wasi_wasm32-wasi.py",
+        "_sysconfig_vars__wasi_wasm32-wasi.json",
+    ] {
+        let path = stdlib.join(name);
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let fixed = text.replace(&format!("\"{CUT}\""), &format!("\"{CUT}'\""));
+        if fixed != text {
+            fs::write(&path, fixed)?;
+        }
+    }
+    Ok(())
 }
 
 /// What one decompressed frame turned out to be.

@@ -18,6 +18,46 @@ import _eryx_net
 # Sockets and TLS through the host, before anything imports `http.client`.
 _eryx_net.install()
 
+
+_PBKDF2_DIGESTS = {"md5": 16, "sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64}
+
+
+def _pbkdf2_hmac(hash_name, password, salt, iterations, dklen=None):
+    """`hashlib.pbkdf2_hmac`, computed by the guest's Rust (this CPython has
+    no OpenSSL, and CPython has no pure-Python fallback since 3.12)."""
+    if not isinstance(hash_name, str):
+        raise TypeError(f"pbkdf2_hmac() argument 'hash_name' must be str, not {type(hash_name).__name__}")
+    name = hash_name.lower().replace("-", "")
+    if name not in _PBKDF2_DIGESTS:
+        raise ValueError(f"unsupported hash type {hash_name}")
+    password = bytes(memoryview(password))
+    salt = bytes(memoryview(salt))
+    iterations = iterations.__index__()
+    if iterations < 1:
+        raise ValueError("iteration value must be greater than 0.")
+    if iterations > 0xFFFFFFFF:
+        raise OverflowError("iteration value is too great.")
+    if dklen is None:
+        dklen = _PBKDF2_DIGESTS[name]
+    dklen = dklen.__index__()
+    if dklen < 1:
+        raise ValueError("key length must be greater than 0.")
+    if dklen > 0xFFFFFFFF:
+        raise OverflowError("key length is too great.")
+    return _host.pbkdf2_hmac(name, password, salt, iterations, dklen)
+
+
+def _install_pbkdf2():
+    import hashlib
+
+    if not hasattr(hashlib, "pbkdf2_hmac"):
+        hashlib.pbkdf2_hmac = _pbkdf2_hmac
+        if "pbkdf2_hmac" not in hashlib.__all__:
+            hashlib.__all__ = (*hashlib.__all__, "pbkdf2_hmac")
+
+
+_install_pbkdf2()
+
 # Bound once, so user code that rebinds `os.write` cannot divert output.
 _os_write = os.write
 

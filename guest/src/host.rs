@@ -24,6 +24,7 @@ pub fn install() -> PyResult<()> {
             (c"net_recv", net_recv),
             (c"net_readable", net_readable),
             (c"net_close", net_close),
+            (c"pbkdf2_hmac", pbkdf2_hmac),
         ],
     )
 }
@@ -253,4 +254,28 @@ fn net_readable(args: &[Obj]) -> PyResult<Obj> {
         Some(Val::Bool(ready)) => Obj::bool(ready),
         other => Err(format!("net-readable returned {other:?}")),
     }
+}
+
+/// `pbkdf2_hmac(hash_name, password, salt, iterations, dklen)` → the derived
+/// key (RFC 8018 PBKDF2 with HMAC over `md5`, `sha1`, `sha224`, `sha256`,
+/// `sha384` or `sha512`). The driver checks the arguments as CPython does.
+fn pbkdf2_hmac(args: &[Obj]) -> PyResult<Obj> {
+    let name = arg(args, 0)?.to_string()?;
+    let password = arg(args, 1)?.to_bytes()?;
+    let salt = arg(args, 2)?.to_bytes()?;
+    let rounds = u32_arg(args, 3)?;
+    let length =
+        usize::try_from(arg(args, 4)?.to_u64()?).map_err(|_| "dklen is too large".to_owned())?;
+    let mut key = vec![0u8; length];
+    let derive = match name.as_str() {
+        "md5" => pbkdf2::pbkdf2::<hmac::Hmac<md5::Md5>>,
+        "sha1" => pbkdf2::pbkdf2::<hmac::Hmac<sha1::Sha1>>,
+        "sha224" => pbkdf2::pbkdf2::<hmac::Hmac<sha2::Sha224>>,
+        "sha256" => pbkdf2::pbkdf2::<hmac::Hmac<sha2::Sha256>>,
+        "sha384" => pbkdf2::pbkdf2::<hmac::Hmac<sha2::Sha384>>,
+        "sha512" => pbkdf2::pbkdf2::<hmac::Hmac<sha2::Sha512>>,
+        other => return Err(format!("unsupported hash type {other}")),
+    };
+    derive(&password, &salt, rounds, &mut key).map_err(|e| e.to_string())?;
+    Obj::bytes(&key)
 }

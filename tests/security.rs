@@ -90,7 +90,7 @@ async fn secrets_exfiltration_through_environment() {
     // Only what the runtime sets for CPython itself; nothing of the host's.
     assert_eq!(
         result.stdout,
-        "['PYTHONDONTWRITEBYTECODE', 'PYTHONHOME', 'PYTHONPATH']\n"
+        "['PYTHONDONTWRITEBYTECODE', 'PYTHONHOME', 'PYTHONPATH', 'TMPDIR']\n"
     );
 }
 

@@ -17,6 +17,9 @@
 //! held by file contents stays within twice the byte cap (a file's buffer
 //! grows by doubling, but never past what the cap still allows it).
 //!
+//! Names are at most 255 bytes (`ENAMETOOLONG` past it), so what the tree
+//! holds besides file contents is bounded by the node cap.
+//!
 //! Not supported: symbolic links (`symlink_at` → `not-permitted`), renaming
 //! or linking between this tree and a host-backed directory (`cross-device`).
 
@@ -63,6 +66,9 @@ impl Default for FsLimits {
 }
 
 type Ino = u64;
+
+/// Longest file or directory name, in bytes (Linux's `NAME_MAX`).
+const MAX_NAME_BYTES: usize = 255;
 
 #[derive(Debug)]
 enum Kind {
@@ -373,6 +379,10 @@ impl Tree {
     fn check_name(name: &str) -> Result<(), ErrorCode> {
         if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
             return Err(ErrorCode::Invalid);
+        }
+        // Names are host memory outside the byte cap: bounded like NAME_MAX.
+        if name.len() > MAX_NAME_BYTES {
+            return Err(ErrorCode::NameTooLong);
         }
         Ok(())
     }

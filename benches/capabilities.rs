@@ -20,7 +20,14 @@ const MIB: &str = "data = b'x' * (1 << 20)\n";
 
 fn benches(c: &mut Criterion) {
     let setup = common::setup();
-    let server = setup.tokio.block_on(eryx_tests::WebServer::http());
+    // The server on its own runtime: on the benchmark's single thread it
+    // would only run between the guest's host calls.
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = server_runtime.block_on(eryx_tests::WebServer::http());
     let sandbox = eryx::Sandbox::builder()
         .with_runtime(&setup.runtime)
         .with_network(

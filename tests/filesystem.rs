@@ -124,13 +124,13 @@ open("/tmp/after", "w").write("ok")
         )
         .await
         .unwrap();
-    // Ten writes fit; the eleventh fills the file exactly to the cap and
-    // then fails, which wasi-libc reports as EIO. Truncating past the
+    // Ten writes fit; the eleventh is short, filling the file exactly to the
+    // cap; the twelfth fails, which wasi-libc reports as EIO. Truncating past the
     // cap and creating past the count are ENOSPC. The two roots count as
     // nodes: 98 files fit under 100.
     assert_eq!(
         result.result.as_deref(),
-        Some("('EIO', 1000000, 1048576, 'ENOSPC', 'ENOSPC', 98, 'ok')"),
+        Some("('EIO', 1048576, 1048576, 'ENOSPC', 'ENOSPC', 98, 'ok')"),
         "{result:?}"
     );
 }
@@ -215,4 +215,73 @@ async fn nothing_is_written_to_the_host_disk() {
         "found on the host: {}",
         String::from_utf8_lossy(&found.stdout)
     );
+}
+
+#[tokio::test]
+async fn links_long_names_trailing_slashes_and_removed_directories_are_refused_like_posix() {
+    let sandbox = eryx::Sandbox::builder()
+        .with_runtime(runtime())
+        .with_filesystem_limits(eryx::FsLimits {
+            max_bytes: 1 << 20,
+            max_files: 1_000,
+        })
+        .build()
+        .unwrap();
+    let result = sandbox
+        .execute(
+            r#"
+import errno, os
+def code(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, e.errno)
+open("/tmp/f", "w").write("x")
+out = {
+    "hard_link": code(lambda: os.link("/tmp/f", "/tmp/g")),
+    "symlink": code(lambda: os.symlink("/tmp/f", "/tmp/s")),
+    "long_name": code(lambda: open("/tmp/" + "n" * 256, "w")),
+    "unlink_file_slash": code(lambda: os.unlink("/tmp/f/")),
+    "open_file_dot": code(lambda: open("/tmp/f/.")),
+}
+# A file that fills the cap exactly is written whole.
+out["exact_fill"] = code(lambda: open("/tmp/full", "wb").write(b"x" * ((1 << 20) - 1)))
+out["full_size"] = os.path.getsize("/tmp/full")
+os.remove("/tmp/full")
+# An open directory that was removed takes no new entries.
+os.mkdir("/tmp/d")
+fd = os.open("/tmp/d", os.O_RDONLY)
+os.rmdir("/tmp/d")
+out["create_in_removed"] = code(lambda: os.open("x", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+os.close(fd)
+# Deep nesting is fine, and still snapshots (below).
+os.makedirs("/tmp/" + "/".join(["a"] * 400))
+out
+"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        result.result.as_deref(),
+        Some(
+            "{'hard_link': 'EPERM', 'symlink': 'EPERM', 'long_name': 'ENAMETOOLONG', \
+             'unlink_file_slash': 'ENOTDIR', 'open_file_dot': 'ENOTDIR', 'exact_fill': 'ok', \
+             'full_size': 1048575, 'create_in_removed': 'ENOENT'}"
+        ),
+        "{result:?}"
+    );
+    let mut session = sandbox.session().await.unwrap();
+    session
+        .execute("import os\nos.makedirs('/tmp/' + '/'.join(['a'] * 900))\nopen('/tmp/' + '/'.join(['a'] * 900) + '/leaf', 'w').write('deep')")
+        .await
+        .unwrap();
+    let snapshot = session.snapshot_state().await.unwrap();
+    let mut fresh = sandbox.session().await.unwrap();
+    fresh.restore_state(&snapshot).await.unwrap();
+    let deep = fresh
+        .execute("open('/tmp/' + '/'.join(['a'] * 900) + '/leaf').read()")
+        .await
+        .unwrap();
+    assert_eq!(deep.result.as_deref(), Some("'deep'"));
 }

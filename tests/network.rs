@@ -254,3 +254,36 @@ except requests.exceptions.ConnectionError as e:
         "(200, 'hello from the test server', 'POST', '{\"k\": [1, 2]}', 200, 'hello from the test server', True)"
     );
 }
+
+#[tokio::test]
+async fn tls_must_be_for_the_host_the_policy_allowed() {
+    let server = WebServer::https().await;
+    let sandbox = sandbox(
+        NetworkPolicy::new()
+            .allow_private(&format!("https://localhost:{}", server.port))
+            .unwrap()
+            .with_root_certificate(server.cert_pem.as_ref().unwrap().as_bytes())
+            .unwrap(),
+    );
+    let out = run(
+        &sandbox,
+        &format!(
+            r#"
+import socket, ssl
+s = socket.create_connection(("localhost", {port}))
+try:
+    ssl.create_default_context().wrap_socket(s, server_hostname="other.example")
+    out = "wrapped"
+except PermissionError as e:
+    out = str(e)
+out
+"#,
+            port = server.port
+        ),
+    )
+    .await;
+    assert!(
+        out.contains("the server name must be the host connected to"),
+        "{out}"
+    );
+}

@@ -165,6 +165,19 @@ fn add(
     contents: Vec<u8>,
     from: &str,
 ) -> Result<(), FunctionError> {
+    // A path that is a file in one place and a directory in another cannot
+    // be unpacked.
+    let clash = path.ancestors().skip(1).any(|a| files.contains_key(a))
+        || files
+            .range(path.clone()..)
+            .next()
+            .is_some_and(|(other, _)| other != &path && other.starts_with(&path));
+    if clash {
+        return Err(invalid(format!(
+            "{} is both a file and a directory (again from {from})",
+            path.display()
+        )));
+    }
     match files.get(&path) {
         Some(existing) if *existing != contents => Err(invalid(format!(
             "{} comes twice with different contents (again from {from})",

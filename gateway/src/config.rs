@@ -186,7 +186,9 @@ pub struct Limits {
     /// Writable in-memory filesystem (`/tmp`, `/work`) of each instance when
     /// a deployment sets none, in MiB (default 64; also what sessions get).
     /// File contents are host memory outside the instance's memory limit:
-    /// the worst case is this times the instances running at once.
+    /// up to twice this per instance (buffers grow by doubling), times the
+    /// instances running at once; a session's files are refused before they
+    /// are packed when they exceed its state limit.
     pub default_tmp_mb: u64,
     /// Largest filesystem a deployment may ask for, in MiB (default 512).
     pub max_tmp_mb: u64,

@@ -739,6 +739,13 @@ impl Functions {
         wait: bool,
     ) -> Result<DeployResponse, FunctionError> {
         let total = Instant::now();
+        // A deploy slot first: unpacking a bundle's wheels is memory and CPU
+        // work, bounded by the slots like the snapshot build.
+        let _slot = self
+            .deploys
+            .acquire(self.limits.deploy_import_timeout)
+            .await
+            .map_err(|_| FunctionError::Busy)?;
         // A bundle brings the source and the settings (this runs on a
         // blocking thread: unpacking wheels is CPU work).
         let bundle = match &bundle_bytes {
@@ -797,11 +804,6 @@ impl Functions {
         for (key, value) in &request.env {
             eryx::check_env(key, value).map_err(|e| FunctionError::Invalid(e.to_string()))?;
         }
-        let _slot = self
-            .deploys
-            .acquire(self.limits.deploy_import_timeout)
-            .await
-            .map_err(|_| FunctionError::Busy)?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
         let source_sha256 = eryx_preinit::sha256_hex(request.source.as_bytes());

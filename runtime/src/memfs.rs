@@ -20,7 +20,7 @@
 //! Names are at most 255 bytes (`ENAMETOOLONG` past it), so what the tree
 //! holds besides file contents is bounded by the node cap.
 //!
-//! Not supported: symbolic links (`symlink_at` → `not-permitted`), renaming
+//! Not supported: symbolic and hard links (`not-permitted`), renaming
 //! or linking between this tree and a host-backed directory (`cross-device`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -84,7 +84,7 @@ enum Kind {
 #[derive(Debug)]
 struct Node {
     kind: Kind,
-    /// Directory entries naming this node (files: hard links).
+    /// Directory entries naming this node (1, or 0 once removed).
     links: u32,
     /// Descriptors and streams open on it; an unlinked file lives until 0.
     open: u32,
@@ -131,6 +131,16 @@ struct Tree {
     roots: Vec<(String, Ino)>,
 }
 
+/// Why [`MemFs::to_tar`] made no archive.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TarError {
+    /// The archive would take this many bytes, more than allowed.
+    #[error("the files would take {0} bytes")]
+    TooLarge(u64),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// A tree read from a state, not yet in use (see [`MemFs::load_tar`]).
 pub(crate) struct LoadedTree(Tree);
 
@@ -138,13 +148,19 @@ pub(crate) struct LoadedTree(Tree);
 #[derive(Debug, Clone)]
 pub(crate) struct MemFs {
     tree: Arc<Mutex<Tree>>,
+    /// Distinguishes trees in `metadata-hash`.
+    id: u64,
 }
+
+/// The next [`MemFs::id`].
+static NEXT_TREE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl MemFs {
     /// An empty tree with the two roots [`TMP_DIR`] and [`WORK_DIR`].
     pub(crate) fn new(limits: FsLimits) -> MemFs {
         MemFs {
             tree: Arc::new(Mutex::new(Tree::empty(limits, 1))),
+            id: NEXT_TREE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -163,14 +179,43 @@ impl MemFs {
     }
 
     /// The tree as a tar archive (directories and regular files, paths
-    /// relative to `/`: `tmp/...`, `work/...`).
-    pub(crate) fn to_tar(&self) -> std::io::Result<Vec<u8>> {
+    /// relative to `/`: `tmp/...`, `work/...`), when it takes at most
+    /// `limit` bytes.
+    ///
+    /// # Errors
+    /// [`TarError::TooLarge`] with the archive's size (an upper bound,
+    /// computed before anything is built) when it exceeds `limit`;
+    /// [`TarError::Io`] when writing fails.
+    pub(crate) fn to_tar(&self, limit: usize) -> Result<Vec<u8>, TarError> {
         let tree = self.lock();
-        let mut builder = tar::Builder::new(Vec::new());
-        for (root, ino) in &tree.roots {
-            tree.append_tar(&mut builder, root.trim_start_matches('/'), *ino)?;
+        let entries = tree.walk();
+        // Each entry: a header, a GNU long-name record for long paths, the
+        // contents padded to 512; then the two end blocks.
+        let padded = |n: u64| n.div_ceil(512) * 512;
+        let size: u64 = entries
+            .iter()
+            .map(|(path, ino)| {
+                let long = if path.len() >= 100 {
+                    512 + padded(path.len() as u64 + 1)
+                } else {
+                    0
+                };
+                512 + long
+                    + padded(tree.nodes.get(ino).map_or(0, |n| match &n.kind {
+                        Kind::File { data } => data.len() as u64,
+                        Kind::Dir { .. } => 0,
+                    }))
+            })
+            .sum::<u64>()
+            + 1024;
+        if size > limit as u64 {
+            return Err(TarError::TooLarge(size));
         }
-        builder.into_inner()
+        let mut builder = tar::Builder::new(Vec::with_capacity(size as usize));
+        for (path, ino) in &entries {
+            tree.append_tar(&mut builder, path, *ino)?;
+        }
+        Ok(builder.into_inner()?)
     }
 
     /// A tree with the contents of `archive` (made by
@@ -193,6 +238,11 @@ impl MemFs {
         fresh
             .fill_from_tar(archive)
             .map_err(|e| format!("the files of the state: {e}"))?;
+        // Nodes the old tree makes until `replace` (code run while the state
+        // is unpickled) are numbered past the new tree's, so no old
+        // descriptor can name a new node.
+        let mut tree = self.lock();
+        tree.next = tree.next.max(fresh.next);
         Ok(LoadedTree(fresh))
     }
 
@@ -369,6 +419,19 @@ impl Tree {
         }
     }
 
+    /// A directory new entries may go into: it exists and is not removed
+    /// (an open descriptor can outlive `rmdir`).
+    fn live_dir(&self, dir: Ino) -> Result<(), ErrorCode> {
+        let node = self.node(dir)?;
+        if node.links == 0 {
+            return Err(ErrorCode::NoEntry);
+        }
+        match node.kind {
+            Kind::Dir { .. } => Ok(()),
+            Kind::File { .. } => Err(ErrorCode::NotDirectory),
+        }
+    }
+
     fn check_new_node(&self) -> Result<(), ErrorCode> {
         if self.nodes.len() as u64 >= self.limits.max_files {
             return Err(ErrorCode::InsufficientSpace);
@@ -389,6 +452,7 @@ impl Tree {
 
     fn create_dir(&mut self, parent: Ino, name: &str) -> Result<Ino, ErrorCode> {
         Self::check_name(name)?;
+        self.live_dir(parent)?;
         if self.entries_mut(parent)?.contains_key(name) {
             return Err(ErrorCode::Exist);
         }
@@ -404,6 +468,7 @@ impl Tree {
 
     fn create_file(&mut self, parent: Ino, name: &str) -> Result<Ino, ErrorCode> {
         Self::check_name(name)?;
+        self.live_dir(parent)?;
         if self.entries_mut(parent)?.contains_key(name) {
             return Err(ErrorCode::Exist);
         }
@@ -486,7 +551,7 @@ impl Tree {
                 .lookup(dir, name)
                 .ok_or(ErrorCode::NoEntry)
                 .and_then(|ino| {
-                    if path.ends_with('/') && !matches!(self.node(ino)?.kind, Kind::Dir { .. }) {
+                    if wants_dir(path) && !matches!(self.node(ino)?.kind, Kind::Dir { .. }) {
                         return Err(ErrorCode::NotDirectory);
                     }
                     Ok(ino)
@@ -613,6 +678,7 @@ impl Tree {
         new: &str,
     ) -> Result<(), ErrorCode> {
         Self::check_name(new)?;
+        self.live_dir(new_dir)?;
         let ino = self.lookup(old_dir, old).ok_or(ErrorCode::NoEntry)?;
         let is_dir = matches!(self.node(ino)?.kind, Kind::Dir { .. });
         if is_dir && self.is_ancestor(ino, new_dir) {
@@ -641,6 +707,32 @@ impl Tree {
         Ok(())
     }
 
+    /// Every node under the roots with its path (`tmp/a/b`), parents
+    /// before children; iterative, so a deep tree cannot overflow the stack.
+    fn walk(&self) -> Vec<(String, Ino)> {
+        let mut out = Vec::new();
+        let mut pending: Vec<(String, Ino)> = self
+            .roots
+            .iter()
+            .rev()
+            .map(|(root, ino)| (root.trim_start_matches('/').to_owned(), *ino))
+            .collect();
+        while let Some((path, ino)) = pending.pop() {
+            if let Some(Node {
+                kind: Kind::Dir { entries, .. },
+                ..
+            }) = self.nodes.get(&ino)
+            {
+                for (name, child) in entries.iter().rev() {
+                    pending.push((format!("{path}/{name}"), *child));
+                }
+            }
+            out.push((path, ino));
+        }
+        out
+    }
+
+    /// Appends one node (a directory's header only, not its children).
     fn append_tar(
         &self,
         builder: &mut tar::Builder<Vec<u8>>,
@@ -662,10 +754,8 @@ impl Tree {
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_mode(0o755);
                 header.set_size(0);
+                let _ = entries;
                 builder.append_data(&mut header, format!("{path}/"), std::io::empty())?;
-                for (name, child) in entries {
-                    self.append_tar(builder, &format!("{path}/{name}"), *child)?;
-                }
             }
             Kind::File { data } => {
                 header.set_entry_type(tar::EntryType::Regular);
@@ -676,6 +766,11 @@ impl Tree {
         }
         Ok(())
     }
+}
+
+/// Whether `path` can only name a directory (`a/`, `a/.`).
+fn wants_dir(path: &str) -> bool {
+    path.ends_with('/') || path.ends_with("/.") || path == "."
 }
 
 /// Grows `data`'s buffer to hold `len` bytes: by doubling, but by no more
@@ -704,10 +799,13 @@ fn timestamp(new: NewTimestamp) -> Option<SystemTime> {
     match new {
         NewTimestamp::NoChange => None,
         NewTimestamp::Now => Some(SystemTime::now()),
-        NewTimestamp::Timestamp(t) => Some(
-            SystemTime::UNIX_EPOCH
-                + std::time::Duration::new(t.seconds, t.nanoseconds.min(999_999_999)),
-        ),
+        // A time the host cannot represent is never a panic on guest input.
+        NewTimestamp::Timestamp(t) => SystemTime::UNIX_EPOCH
+            .checked_add(std::time::Duration::new(
+                t.seconds,
+                t.nanoseconds.min(999_999_999),
+            ))
+            .or(Some(SystemTime::UNIX_EPOCH)),
     }
 }
 
@@ -807,8 +905,10 @@ impl OutputStream for MemOutput {
     }
 
     /// Permits a write up to what the byte cap still allows at the stream's
-    /// position (so a file fills exactly to the cap with a short write), and
-    /// fails once nothing more fits. wasi-libc reports any failure of a
+    /// position (so a file fills exactly to the cap), and at least one byte:
+    /// a full tree is reported by `write`, not here (wasmtime-wasi checks
+    /// readiness again after a complete write, which must then succeed).
+    /// wasi-libc reports any failure of a
     /// stream as `EIO` (`wasip2_handle_write_error`), so a stream write past
     /// the cap is `EIO` in Python, not `ENOSPC`.
     fn check_write(&mut self) -> StreamResult<usize> {
@@ -816,10 +916,7 @@ impl OutputStream for MemOutput {
         let len = tree.node(self.ino).map_err(stream_error)?.size();
         let overwrite = self.position.map_or(0, |p| len.saturating_sub(p));
         let room = overwrite.saturating_add(tree.limits.max_bytes.saturating_sub(tree.used_bytes));
-        if room == 0 {
-            return Err(stream_error(ErrorCode::InsufficientSpace));
-        }
-        Ok(room.min(WRITE_PERMIT as u64) as usize)
+        Ok(room.clamp(1, WRITE_PERMIT as u64) as usize)
     }
 }
 
@@ -1154,24 +1251,10 @@ impl HostDescriptor for FsView<'_> {
         new_path: String,
     ) -> FsResult<()> {
         match (self.mem(&fd), self.mem(&new_descriptor)) {
-            (Some((fs, old_base, _)), Some((_, new_base, _))) => {
-                let mut tree = fs.lock();
-                let source = tree.resolve(old_base, &old_path)?;
-                if matches!(tree.node(source)?.kind, Kind::Dir { .. }) {
-                    return err(ErrorCode::NotPermitted);
-                }
-                let (dir, Some(name)) = tree.resolve_parent(new_base, &new_path)? else {
-                    return err(ErrorCode::Exist);
-                };
-                Tree::check_name(name)?;
-                if tree.lookup(dir, name).is_some() {
-                    return err(ErrorCode::Exist);
-                }
-                tree.entries_mut(dir)?.insert(name.to_owned(), source);
-                tree.node_mut(source)?.links += 1;
-                tree.touch(dir);
-                Ok(())
-            }
+            // Hard links are not offered: a link would be a second entry
+            // for one node, outside the node count, and a state would carry
+            // its contents once per link.
+            (Some(_), Some(_)) => err(ErrorCode::NotPermitted),
             (None, None) => {
                 HostDescriptor::link_at(
                     &mut self.host,
@@ -1218,7 +1301,7 @@ impl HostDescriptor for FsView<'_> {
                     if !oflags.contains(OpenFlags::CREATE) {
                         return err(ErrorCode::NoEntry);
                     }
-                    if oflags.contains(OpenFlags::DIRECTORY) || path.ends_with('/') {
+                    if oflags.contains(OpenFlags::DIRECTORY) || wants_dir(&path) {
                         return err(ErrorCode::Invalid);
                     }
                     tree.create_file(dir, name.expect("a new entry has a name"))?
@@ -1230,7 +1313,7 @@ impl HostDescriptor for FsView<'_> {
                     return err(ErrorCode::IsDirectory);
                 }
             } else {
-                if oflags.contains(OpenFlags::DIRECTORY) || path.ends_with('/') {
+                if oflags.contains(OpenFlags::DIRECTORY) || wants_dir(&path) {
                     return err(ErrorCode::NotDirectory);
                 }
                 if oflags.contains(OpenFlags::TRUNCATE) {
@@ -1307,6 +1390,13 @@ impl HostDescriptor for FsView<'_> {
                 let (new_dir, Some(new)) = tree.resolve_parent(new_base, &new_path)? else {
                     return err(ErrorCode::Busy);
                 };
+                // `a/` names a directory: a file there is ENOTDIR.
+                if wants_dir(&old_path) || wants_dir(&new_path) {
+                    let source = tree.lookup(old_dir, old).ok_or(ErrorCode::NoEntry)?;
+                    if !matches!(tree.node(source)?.kind, Kind::Dir { .. }) {
+                        return err(ErrorCode::NotDirectory);
+                    }
+                }
                 Ok(tree.rename(old_dir, old, new_dir, new)?)
             }
             (None, None) => {
@@ -1343,6 +1433,13 @@ impl HostDescriptor for FsView<'_> {
                 let (dir, Some(name)) = tree.resolve_parent(ino, &path)? else {
                     return err(ErrorCode::IsDirectory);
                 };
+                if wants_dir(&path) {
+                    let target = tree.lookup(dir, name).ok_or(ErrorCode::NoEntry)?;
+                    return err(match tree.node(target)?.kind {
+                        Kind::Dir { .. } => ErrorCode::IsDirectory,
+                        Kind::File { .. } => ErrorCode::NotDirectory,
+                    });
+                }
                 Ok(tree.remove(dir, name, false)?)
             },
             HostDescriptor::unlink_file_at(&mut self.host, fd, path).await
@@ -1463,12 +1560,13 @@ impl FsView<'_> {
     }
 }
 
-/// A node's identity for `metadata-hash`: its number, and the tree's address
-/// so two instances' trees do not collide.
+/// A node's identity for `metadata-hash`: its number, and the tree's own
+/// number (a process-wide count, not an address: nothing of the host's
+/// memory layout reaches the guest).
 fn metadata_hash(fs: &MemFs, ino: Ino) -> types::MetadataHashValue {
     types::MetadataHashValue {
         lower: ino,
-        upper: Arc::as_ptr(&fs.tree) as usize as u64,
+        upper: fs.id,
     }
 }
 
@@ -1534,7 +1632,7 @@ mod tests {
             let file = tree.create_file(dir, "f").unwrap();
             tree.write_at(file, 0, b"hello").unwrap();
         }
-        let archive = fs.to_tar().unwrap();
+        let archive = fs.to_tar(1 << 20).unwrap();
         let other = MemFs::new(FsLimits::default());
         other.replace(other.load_tar(&archive).unwrap());
         let tree = other.lock();

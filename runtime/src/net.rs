@@ -142,8 +142,10 @@ fn normalize_host(host: &str) -> String {
 /// `http://10.0.0.5:8080`, `*.example.com` (subdomains), `*` (any host). A
 /// name must resolve to public addresses only, unless its rule was added
 /// with [`allow_private`](Self::allow_private); link-local and metadata
-/// addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254), unspecified,
-/// multicast and reserved ones are refused always.
+/// addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254, Azure's
+/// 168.63.129.16, Alibaba Cloud's 100.100.100.200), unspecified, multicast
+/// and reserved ones are refused always. TLS is always for the host name the
+/// connection was allowed for (no other server name).
 ///
 /// ```
 /// let policy = eryx::NetworkPolicy::new()
@@ -319,6 +321,11 @@ enum Range {
 
 fn classify_v4(ip: Ipv4Addr) -> Range {
     let [a, b, c, _] = ip.octets();
+    // Cloud metadata services outside link-local: Azure's WireServer and
+    // Alibaba Cloud's metadata (inside 100.64/10, so checked first).
+    if ip == Ipv4Addr::new(168, 63, 129, 16) || ip == Ipv4Addr::new(100, 100, 100, 200) {
+        return Range::Forbidden("cloud metadata");
+    }
     if ip.is_loopback() {
         Range::Private("loopback")
     } else if ip.is_private() {
@@ -368,8 +375,14 @@ fn classify_v6(ip: Ipv6Addr) -> Range {
     if segments[..6].iter().all(|s| *s == 0) {
         return classify_v4(embedded(12));
     }
-    // NAT64 64:ff9b::/96 and 6to4 2002::/16 carry an IPv4 address.
-    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    // Local-use NAT64 (64:ff9b:1::/48) translates into networks of the
+    // operator's choosing, never the public internet.
+    if segments[..3] == [0x64, 0xff9b, 1] {
+        return Range::Forbidden("local-use NAT64");
+    }
+    // NAT64 64:ff9b::/96, SIIT ::ffff:0:a.b.c.d and 6to4 2002::/16 carry an
+    // IPv4 address.
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || segments[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return classify_v4(embedded(12));
     }
     if segments[0] == 0x2002 {
@@ -405,6 +418,8 @@ enum Stream {
 
 struct Connection {
     stream: Option<Stream>,
+    /// The name (or address) the policy checked; TLS must be for it.
+    host: String,
     /// The rule requires TLS before data.
     tls_required: bool,
     received: u64,
@@ -509,9 +524,11 @@ impl Connections {
         }
         let (addresses, tls_required) = self.check(host, port).await?;
         let timeout = self.timeout(timeout_ms, self.policy.connect_timeout);
+        // One deadline for all of the name's addresses.
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut last = None;
         for address in addresses {
-            match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+            match tokio::time::timeout_at(deadline, TcpStream::connect(address)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     let id = self.next;
@@ -520,6 +537,7 @@ impl Connections {
                         id,
                         Connection {
                             stream: Some(Stream::Tcp(stream)),
+                            host: normalize_host(host),
                             tls_required,
                             received: 0,
                         },
@@ -564,6 +582,19 @@ impl Connections {
         let name = rustls::pki_types::ServerName::try_from(normalize_host(server_name))
             .map_err(|e| fail("tls", format!("server name {server_name:?}: {e}")))?;
         let connection = self.connection(id)?;
+        // The certificate is checked for the name the guest asks for: it
+        // must be the name the policy allowed, or a connection to an allowed
+        // host could reach another site on the same address (domain
+        // fronting).
+        if normalize_host(server_name) != connection.host {
+            return Err(fail(
+                "policy",
+                format!(
+                    "TLS for {server_name:?} on a connection to {:?}: the server name must be the host connected to",
+                    connection.host
+                ),
+            ));
+        }
         let Some(Stream::Tcp(tcp)) = connection.stream.take() else {
             return Err(fail("tls", "TLS is already started on this connection"));
         };
@@ -668,9 +699,11 @@ impl Connections {
 
     /// `net-readable`: whether a read would not wait (data, the end, or an
     /// error), waiting up to `timeout_ms` (0: just check; capped at the I/O
-    /// timeout). For TLS this looks at the socket under it, so decrypted
-    /// data already buffered is not seen: a false "not readable", never a
-    /// false "readable".
+    /// timeout). For TLS this looks at the socket under it: data rustls has
+    /// already decrypted is not seen (a false "not readable"), and a record
+    /// without application data (a session ticket) looks readable (a read
+    /// then waits). Clients use it to check whether an idle pooled
+    /// connection was dropped, where either answer is safe.
     pub(crate) async fn readable(&mut self, id: u32, timeout_ms: u32) -> bool {
         let wait = Duration::from_millis(timeout_ms.into()).min(self.policy.io_timeout);
         let Ok(connection) = self.connection(id) else {
@@ -720,6 +753,7 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "::ffff:0:a00:1",
             "2002:c0a8:101::1",
             "::127.0.0.1",
         ];
@@ -739,6 +773,9 @@ mod tests {
             "::",
             "::ffff:169.254.169.254",
             "ff02::1",
+            "168.63.129.16",
+            "100.100.100.200",
+            "64:ff9b:1::a00:1",
         ];
         for ip in forbidden {
             assert!(

@@ -372,10 +372,14 @@ impl SandboxBuilder {
 
     /// Caps each instance's writable in-memory filesystem (`/tmp` and the
     /// working directory `/work`; default [`FsLimits::default`]: 64 MiB of
-    /// file contents, 10,000 files and directories). A write past a cap
-    /// raises `OSError` with `errno.ENOSPC` in Python. In a session the files
-    /// live as long as its instance, and a [`StateSnapshot`] carries them
-    /// (inside the state limit).
+    /// file contents, 10,000 files and directories). Creating past the count
+    /// or truncating past the bytes raises `OSError` `ENOSPC` in Python; a
+    /// `write` past the bytes fills the file to the cap, then raises
+    /// `OSError` `EIO` (wasi-libc's code for any failed stream write). In a
+    /// session the files live as long as its instance, and a
+    /// [`StateSnapshot`] carries them (inside the state limit; a state
+    /// without files leaves an instance's files as they are). Files written
+    /// while a function's snapshot is taken are not in the snapshot.
     ///
     /// [`FsLimits::default`]: crate::FsLimits
     /// [`StateSnapshot`]: crate::StateSnapshot

@@ -481,14 +481,30 @@ impl Session {
     /// `pickle` with the instance's in-memory files appended, when there are
     /// any: `FILES_MAGIC`, the pickle's length (u64 little-endian), the
     /// pickle, a tar of the files. Without files, the pickle alone.
+    ///
+    /// # Errors
+    /// [`Error::StateTooLarge`] when the files do not fit in what the state
+    /// limit leaves after the pickle (checked before the tar is built).
     fn with_files(&self, pickle: Vec<u8>) -> Result<Vec<u8>> {
         let memfs = &self.store.data().memfs;
         if memfs.is_empty() {
             return Ok(pickle);
         }
-        let files = memfs
-            .to_tar()
-            .map_err(|e| Error::State(format!("packing the files of the state: {e}")))?;
+        let limit = self.settings.state_limit_bytes;
+        let room = limit.saturating_sub(16 + pickle.len());
+        let files = memfs.to_tar(room).map_err(|e| match e {
+            // Refused before the archive is built: a state over its limit
+            // never costs its size in host memory.
+            crate::memfs::TarError::TooLarge(size) => Error::StateTooLarge {
+                size: usize::try_from(size)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(16 + pickle.len()),
+                limit,
+            },
+            crate::memfs::TarError::Io(e) => {
+                Error::State(format!("packing the files of the state: {e}"))
+            }
+        })?;
         let mut data = Vec::with_capacity(16 + pickle.len() + files.len());
         data.extend_from_slice(FILES_MAGIC);
         data.extend_from_slice(&(pickle.len() as u64).to_le_bytes());

@@ -66,6 +66,16 @@ pub const PRELOAD_MODULES: &[&str] = &[
     "sys",
     "time",
     "uuid",
+    // Slow to import (hundreds of ms each from source in an instance) and
+    // what code using files and the network reaches for.
+    "http.client",
+    "urllib.request",
+    "urllib.error",
+    "zoneinfo",
+    "zipfile",
+    "tempfile",
+    "shutil",
+    "sqlite3",
 ];
 
 /// Receives progress of long steps (unpacking, linking, pre-initializing,

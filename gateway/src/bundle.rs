@@ -138,11 +138,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Bundle, FunctionError> {
                 add(&mut files, path, contents, &label)?;
             }
         } else {
-            if [".so", ".pyd", ".dylib", ".dll"]
-                .iter()
-                .any(|ext| lower.ends_with(ext))
-                || lower.contains(".so.")
-            {
+            if eryx::is_native(&lower) {
                 return Err(invalid(format!(
                     "{name} is native code; only pure Python runs in the sandbox"
                 )));

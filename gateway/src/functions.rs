@@ -243,6 +243,21 @@ pub struct DeployRequest {
     pub env: BTreeMap<String, String>,
 }
 
+impl DeployRequest {
+    /// A deployment of `source` with every setting at the gateway's default.
+    pub(crate) fn with_source(source: String) -> DeployRequest {
+        DeployRequest {
+            source,
+            handler: None,
+            timeout_ms: None,
+            memory_mb: None,
+            tmp_mb: None,
+            allow_hosts: Vec::new(),
+            env: BTreeMap::new(),
+        }
+    }
+}
+
 /// The answer to a successful deployment.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DeployResponse {

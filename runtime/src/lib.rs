@@ -73,7 +73,7 @@ pub use callback::{
 pub use engine::{Engine, EngineOptions, WASMTIME_VERSION};
 pub use error::{Error, PythonError, Result, TrapError, TrapKind};
 pub use function::{FunctionBuilder, FunctionSnapshot, FunctionSource};
-pub use library::{RuntimeLibrary, wheel_files};
+pub use library::{RuntimeLibrary, is_native, wheel_files};
 pub use memfs::{FsLimits, TMP_DIR, WORK_DIR};
 pub use net::NetworkPolicy;
 pub use runtime::{Runtime, RuntimeBuilder, content_hash};

@@ -280,8 +280,10 @@ pub fn wheel_files(name: &str, bytes: &[u8]) -> Result<Vec<(PathBuf, Vec<u8>)>> 
     Ok(entries)
 }
 
-/// Whether a (lowercase) file name is a native extension or library.
-pub(crate) fn is_native(lower: &str) -> bool {
+/// Whether the file name `lower` (lowercase) is native code — a Python
+/// extension or shared library (`.so`, `.so.N`, `.pyd`, `.dylib`, `.dll`),
+/// which the sandbox cannot load — as [`wheel_files`] judges it.
+pub fn is_native(lower: &str) -> bool {
     [".so", ".pyd", ".dylib", ".dll"]
         .iter()
         .any(|ext| lower.ends_with(ext))

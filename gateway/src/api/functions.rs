@@ -173,30 +173,14 @@ pub(super) async fn deploy_function(
         // The bundle carries the source and settings; they are read from it
         // on the deploy's blocking thread.
         bundle = Some(body);
-        DeployRequest {
-            source: String::new(),
-            handler: None,
-            timeout_ms: None,
-            memory_mb: None,
-            tmp_mb: None,
-            allow_hosts: Vec::new(),
-            env: Default::default(),
-        }
+        DeployRequest::with_source(String::new())
     } else if is_json {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid deployment JSON: {e}")))?
     } else {
         let source = String::from_utf8(body.to_vec())
             .map_err(|_| ApiError::bad_request("the source is not UTF-8"))?;
-        DeployRequest {
-            source,
-            handler: None,
-            timeout_ms: None,
-            memory_mb: None,
-            tmp_mb: None,
-            allow_hosts: Vec::new(),
-            env: Default::default(),
-        }
+        DeployRequest::with_source(source)
     };
     let start = Instant::now();
     // Building a snapshot is CPU-heavy for a second or more: it runs on a

@@ -180,6 +180,9 @@ impl Engine {
             .max_core_instances_per_component(CORE_INSTANCES_PER_INSTANCE)
             .max_memories_per_component(MEMORIES_PER_INSTANCE)
             .max_tables_per_component(TABLES_PER_INSTANCE)
+            // The flattened module defines CPython's function table and the
+            // table of lowered imports that wit-component's fixup fills.
+            .max_tables_per_module(2)
             .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX))
             // CPython's function table holds every function of every library.
             .table_elements(64 * 1024)

@@ -17,8 +17,9 @@ use super::dist::{LIBRARIES, PythonDist};
 use super::{Progress, WIT, atomic_write, embedded};
 use crate::{Error, Result};
 
-/// Bumped whenever the way we link changes, so old cached components are not reused.
-const LINK_RECIPE: &str = "eryx-link-v2";
+/// Bumped whenever the way we link or flatten changes, so old cached
+/// components are not reused (v3: the component is flattened after linking).
+const LINK_RECIPE: &str = "eryx-link-v3-flattened";
 
 /// Name of the bindings library inside the component.
 const BINDINGS_NAME: &str = "liberyx_bindings.so";
@@ -90,25 +91,55 @@ pub fn component_key() -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Returns the cached component, linking it when absent.
+/// Returns the cached component, linking and flattening it when absent.
 ///
-/// Returns its path, its key ([`component_key`]) and whether it was linked
-/// now (`false` when cached).
+/// Returns the path of the flattened component (what runs,
+/// `components/{key}.wasm`), the path of the linked one it was made from
+/// (`components/{key}-linked.wasm`, kept for comparison), the key
+/// ([`component_key`]) and whether anything was built now.
 ///
 /// # Errors
-/// [`Error::Link`] when `wit-component` rejects the libraries; I/O errors.
+/// [`Error::Link`] when `wit-component` rejects the libraries or the
+/// flattening pass refuses the linked component; I/O errors.
 pub fn ensure_component(
     data_dir: &Path,
     dist: &PythonDist,
     progress: &dyn Progress,
-) -> Result<(PathBuf, String, bool)> {
+) -> Result<(PathBuf, PathBuf, String, bool)> {
     let key = component_key();
-    let path = data_dir.join("components").join(format!("{key}.wasm"));
-    if path.exists() {
-        return Ok((path, key, false));
+    let dir = data_dir.join("components");
+    let flat_path = dir.join(format!("{key}.wasm"));
+    let linked_path = dir.join(format!("{key}-linked.wasm"));
+    if flat_path.exists() && linked_path.exists() {
+        return Ok((flat_path, linked_path, key, false));
     }
 
-    progress.step("linking the component");
+    let linked = if linked_path.exists() {
+        fs::read(&linked_path)?
+    } else {
+        progress.step("linking the component");
+        let linked = link(dist)?;
+        atomic_write(&linked_path, &linked)?;
+        progress.done(&format!(
+            "linked the component ({:.1} MB)",
+            linked.len() as f64 / 1e6
+        ));
+        linked
+    };
+    progress.step("flattening the component into one core module");
+    let flat = super::flatten::flatten(&linked)
+        .map_err(|e| Error::Link(format!("flattening the linked component: {e}")))?;
+    atomic_write(&flat_path, &flat.component)?;
+    progress.done(&format!(
+        "flattened {} core instances into one module ({:.1} MB)",
+        flat.merged_instances,
+        flat.component.len() as f64 / 1e6
+    ));
+    Ok((flat_path, linked_path, key, true))
+}
+
+/// Links guest + CPython + libc + adapter with `wit-component`.
+fn link(dist: &PythonDist) -> Result<Vec<u8>> {
     let bindings = bindings()?;
     let mut linker = wit_component::Linker::default()
         .validate(true)
@@ -120,19 +151,13 @@ pub fn ensure_component(
             .library(name, &fs::read(dist.library(name))?, false)
             .map_err(link_error)?;
     }
-    let component = linker
+    linker
         .library(BINDINGS_NAME, &bindings, false)
         .map_err(link_error)?
         .adapter("wasi_snapshot_preview1", &fs::read(dist.adapter())?)
         .map_err(link_error)?
         .encode()
-        .map_err(link_error)?;
-    atomic_write(&path, &component)?;
-    progress.done(&format!(
-        "linked the component ({:.1} MB)",
-        component.len() as f64 / 1e6
-    ));
-    Ok((path, key, true))
+        .map_err(link_error)
 }
 
 fn link_error(e: impl std::fmt::Display) -> Error {

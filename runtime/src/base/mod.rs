@@ -18,6 +18,7 @@
 
 pub mod dist;
 mod embedded;
+pub mod flatten;
 pub mod link;
 pub(crate) mod shared;
 
@@ -120,8 +121,12 @@ pub fn default_data_dir() -> PathBuf {
 /// The linked component and what it needs to run.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
-    /// The linked component (`.wasm`), named by its key.
+    /// The component that runs (`.wasm`, named by its key): the linked
+    /// component flattened into one core module ([`flatten`]).
     pub component: PathBuf,
+    /// The component as `wit-component` linked it, before flattening (kept
+    /// for comparison; same interface, slower to instantiate).
+    pub linked: PathBuf,
     /// The Python standard library, to mount read-only at `/python`.
     pub stdlib_dir: PathBuf,
     /// sha256 (hex) of every input of the component ([`link::component_key`]).
@@ -150,13 +155,14 @@ pub fn ensure_component(data_dir: &Path, progress: &dyn Progress) -> Result<Arti
     timings.push(("python", start.elapsed()));
 
     let start = Instant::now();
-    let (component, key, linked) = link::ensure_component(data_dir, &dist, progress)?;
+    let (component, linked, key, built) = link::ensure_component(data_dir, &dist, progress)?;
     timings.push(("link", start.elapsed()));
-    if !linked {
+    if !built {
         timings.clear();
     }
     Ok(Artifacts {
         component,
+        linked,
         stdlib_dir: dist.stdlib_dir(),
         key,
         timings,

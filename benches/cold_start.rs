@@ -3,10 +3,13 @@
 //!
 //! Groups:
 //! - `instance`: creating a fresh instance (and dropping it) from the
-//!   pre-initialized precompiled image, from the same component without
-//!   pre-initialization, and compiling the `.wasm` with Cranelift first;
+//!   pre-initialized precompiled image of the flattened component, from the
+//!   same image of the linked (unflattened) component, from the flattened
+//!   component without pre-initialization, and compiling the `.wasm` with
+//!   Cranelift first;
 //! - `execute`: `print('hi')` in a fresh instance end to end, the execute
-//!   alone, and a session of 5 executes in one instance;
+//!   alone, and a session of 5 executes in one instance — each on the
+//!   flattened and on the linked component;
 //! - `load`: verifying and loading the `.cwasm` artifact (a new process's
 //!   first step);
 //! - `baseline`: spawning the native `python3 -c "print('hi')"`.
@@ -35,10 +38,19 @@ fn benches(c: &mut Criterion) {
         .build()
         .unwrap();
 
+    let linked = eryx::Sandbox::builder()
+        .with_runtime(&setup.linked)
+        .build()
+        .unwrap();
+
     let mut group = c.benchmark_group("instance");
     group.bench_function("create/preinit_cwasm", |b| {
         b.to_async(&setup.tokio)
             .iter(|| async { drop(preinit.session().await.unwrap()) })
+    });
+    group.bench_function("create/linked_preinit_cwasm", |b| {
+        b.to_async(&setup.tokio)
+            .iter(|| async { drop(linked.session().await.unwrap()) })
     });
     group.bench_function("create/no_preinit", |b| {
         b.to_async(&setup.tokio)
@@ -68,33 +80,35 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("execute");
-    group.bench_function("fresh_instance_print_hi", |b| {
-        b.to_async(&setup.tokio)
-            .iter(|| async { preinit.execute("print('hi')").await.unwrap() })
-    });
-    group.bench_function("print_hi_only", |b| {
-        b.to_async(&setup.tokio).iter_custom(|iters| {
-            let preinit = preinit.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let mut session = preinit.session().await.unwrap();
-                    let start = Instant::now();
-                    session.execute("print('hi')").await.unwrap();
-                    total += start.elapsed();
+    for (name, sandbox) in [("", &preinit), ("linked/", &linked)] {
+        group.bench_function(format!("{name}fresh_instance_print_hi"), |b| {
+            b.to_async(&setup.tokio)
+                .iter(|| async { sandbox.execute("print('hi')").await.unwrap() })
+        });
+        group.bench_function(format!("{name}print_hi_only"), |b| {
+            b.to_async(&setup.tokio).iter_custom(|iters| {
+                let sandbox = sandbox.clone();
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let mut session = sandbox.session().await.unwrap();
+                        let start = Instant::now();
+                        session.execute("print('hi')").await.unwrap();
+                        total += start.elapsed();
+                    }
+                    total
                 }
-                total
-            }
-        })
-    });
-    group.bench_function("session_5_executes", |b| {
-        b.to_async(&setup.tokio).iter(|| async {
-            let mut session = preinit.session().await.unwrap();
-            for code in ["x = 1", "x += 1", "y = [x] * 3", "print(sum(y))", "x * 7"] {
-                session.execute(code).await.unwrap();
-            }
-        })
-    });
+            })
+        });
+        group.bench_function(format!("{name}session_5_executes"), |b| {
+            b.to_async(&setup.tokio).iter(|| async {
+                let mut session = sandbox.session().await.unwrap();
+                for code in ["x = 1", "x += 1", "y = [x] * 3", "print(sum(y))", "x * 7"] {
+                    session.execute(code).await.unwrap();
+                }
+            })
+        });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("load");

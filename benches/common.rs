@@ -1,5 +1,7 @@
 //! Set-up shared by the benchmarks: the base artifact (pre-initialized,
-//! precompiled) and the plain linked component, from the default data dir.
+//! precompiled, from the flattened component), the plain flattened component,
+//! and the same base made from the component as `wit-component` linked it
+//! (for side-by-side figures), from the default data dir.
 
 use std::path::PathBuf;
 
@@ -13,8 +15,10 @@ pub struct Setup {
     pub runtime: eryx::Runtime,
     /// Path and content hash of the artifact's `.cwasm`.
     pub cwasm: (PathBuf, String),
-    /// The linked component before pre-initialization (`.wasm`).
+    /// The component that runs (flattened), before pre-initialization (`.wasm`).
     pub component: PathBuf,
+    /// The base made the same way from the linked, unflattened component.
+    pub linked: eryx::Runtime,
     pub stdlib_dir: PathBuf,
     pub tokio: tokio::runtime::Runtime,
 }
@@ -41,7 +45,9 @@ pub fn setup() -> Setup {
         ))
         .unwrap();
     let component = eryx_preinit::ensure_component(&data_dir, &LogProgress).unwrap();
+    let linked = tokio.block_on(linked_runtime(&data_dir, &engine, &component));
     Setup {
+        linked,
         cwasm: (
             store.cache_path(&report.manifest),
             report.manifest.blake3.clone(),
@@ -52,4 +58,40 @@ pub fn setup() -> Setup {
         stdlib_dir: component.stdlib_dir,
         tokio,
     }
+}
+
+/// The base pre-initialized and precompiled from the linked component,
+/// cached in the data directory by the component's key and the engine.
+async fn linked_runtime(
+    data_dir: &std::path::Path,
+    engine: &eryx::Engine,
+    component: &eryx::base::Artifacts,
+) -> eryx::Runtime {
+    let dir = data_dir.join("cache").join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!(
+        "linked-{}-{}.cwasm",
+        component.key,
+        &engine.fingerprint()[..16]
+    ));
+    if !path.exists() {
+        let wasm = std::fs::read(&component.linked).unwrap();
+        let modules: Vec<String> = eryx::base::PRELOAD_MODULES
+            .iter()
+            .map(|m| (*m).to_owned())
+            .collect();
+        let snapshot = engine
+            .preinitialize(&wasm, &component.stdlib_dir, &modules)
+            .await
+            .unwrap();
+        let cwasm = engine.precompile(&snapshot).unwrap();
+        std::fs::write(&path, cwasm).unwrap();
+    }
+    let hash = eryx::content_hash(&std::fs::read(&path).unwrap());
+    eryx::Runtime::builder()
+        .with_engine(engine)
+        .with_precompiled_file(&path, hash)
+        .with_stdlib_dir(&component.stdlib_dir)
+        .build()
+        .unwrap()
 }

@@ -1,5 +1,5 @@
 //! Resident memory per live idle instance: 100 instances from the
-//! pre-initialized image, each having run `print('hi')`, kept alive while
+//! pre-initialized image (of the flattened component, then of the linked one), each having run `print('hi')`, kept alive while
 //! the process's resident set size (VmRSS) is read. Prints one line per
 //! measure; the figures are in `benches/README.md`.
 
@@ -19,8 +19,15 @@ fn rss_bytes() -> u64 {
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let setup = common::setup();
+    for (name, runtime) in [("flattened", &setup.runtime), ("linked", &setup.linked)] {
+        measure(&setup, name, runtime);
+    }
+}
+
+/// Prints the RSS growth per live idle instance of `runtime`'s base.
+fn measure(setup: &common::Setup, name: &str, runtime: &eryx::Runtime) {
     let sandbox = eryx::Sandbox::builder()
-        .with_runtime(&setup.runtime)
+        .with_runtime(runtime)
         .build()
         .unwrap();
     // Warm up once so lazily created runtime state is not counted.
@@ -44,17 +51,17 @@ fn main() {
     }
     let after = rss_bytes();
     let per_instance = (after - before) as f64 / INSTANCES as f64;
-    println!("memory/idle_instances: {INSTANCES} instances alive");
+    println!("memory/{name}/idle_instances: {INSTANCES} instances alive");
     println!(
-        "memory/rss_before: {:.1} MiB",
+        "memory/{name}/rss_before: {:.1} MiB",
         before as f64 / (1 << 20) as f64
     );
     println!(
-        "memory/rss_after: {:.1} MiB",
+        "memory/{name}/rss_after: {:.1} MiB",
         after as f64 / (1 << 20) as f64
     );
     println!(
-        "memory/rss_per_idle_instance: {:.2} MiB",
+        "memory/{name}/rss_per_idle_instance: {:.2} MiB",
         per_instance / (1 << 20) as f64
     );
     drop(sessions);

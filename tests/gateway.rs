@@ -1076,3 +1076,62 @@ async fn a_zip_bundle_with_modules_and_a_real_wheel_deploys_answers_and_loads_on
     a_gw.gateway.shutdown().await;
     b_gw.gateway.shutdown().await;
 }
+
+/// `.cwasm.delta` objects in a local store.
+fn stored_deltas(store: &std::path::Path) -> Vec<(String, u64)> {
+    std::fs::read_dir(store.join("artifacts"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = name.strip_suffix(".cwasm.delta")?.to_owned();
+            Some((key, e.metadata().unwrap().len()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_version_is_stored_as_a_small_delta_and_rebuilt_on_another_replica() {
+    let gw = TestGateway::start(Config::new()).await;
+    gw.deploy(
+        "doubler",
+        "def handler(event, context):\n    return {'twice': event * 2}\n",
+    )
+    .await;
+    gw.wait_compiled("doubler").await;
+    let deltas = stored_deltas(gw.store.path());
+    assert_eq!(deltas.len(), 1, "{deltas:?}");
+    let (key, size) = deltas[0].clone();
+    assert!(size < 5 << 20, "the delta is {size} bytes");
+    assert!(
+        !gw.store
+            .path()
+            .join(format!("artifacts/{key}.cwasm"))
+            .exists(),
+        "the whole .cwasm is not stored too"
+    );
+    let TestGateway { gateway, store, .. } = gw;
+    gateway.shutdown().await;
+
+    // Another replica, with its own (empty) cache, on the same store: it
+    // rebuilds the artifact from the base and the delta, verifies it, serves.
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = Config::new()
+        .with_data_dir(data_dir.path())
+        .with_signing_key(eryx_tests::signing_key());
+    let gw = TestGateway::start_on(config, store).await;
+    gw.wait_compiled("doubler").await;
+    let (status, body) = gw.invoke("doubler", json!(21)).await;
+    assert_eq!((status, body), (200, json!({"twice": 42})));
+    let rebuilt = std::fs::read_dir(data_dir.path().join("cache"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{key}."))
+        })
+        .count();
+    assert_eq!(rebuilt, 1, "the rebuilt .cwasm is cached");
+}

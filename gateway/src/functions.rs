@@ -5,8 +5,10 @@
 //! `functions/<name>.json` is a function's [`FunctionRecord`] (written last:
 //! it is the point of deployment); `sources/<sha256>.py` its source (kept so
 //! a snapshot can be rebuilt for another engine); `bundles/<sha256>.zip` the
-//! deploy bundle it came in, if any (see [`crate::bundle`]); `artifacts/<key>.cwasm` and
-//! `.json` its precompiled snapshot, content-addressed like the base's.
+//! deploy bundle it came in, if any (see [`crate::bundle`]); `artifacts/<key>.json` and
+//! `artifacts/<key>.cwasm.delta` its precompiled snapshot, content-addressed like the
+//! base's and stored as a delta against the base's `.cwasm`
+//! ([`ArtifactStore::publish_delta`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -1127,7 +1129,11 @@ impl Functions {
                 ("compile_ms".to_owned(), compile_ms),
             ]),
         );
-        self.store.publish(&manifest, cwasm).await?;
+        // Stored as a delta against the base: a few MB instead of ≈40.
+        let manifest = self
+            .store
+            .publish_delta(&manifest, cwasm, &self.base)
+            .await?;
         let deployed = Arc::new(
             self.serve_snapshot(record.clone(), &manifest, pending.deployed.slots.clone())
                 .await?,

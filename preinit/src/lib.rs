@@ -15,7 +15,7 @@ pub use eryx::base::{
     Artifacts, LogProgress, PRELOAD_MODULES, Progress, WIT, default_data_dir, dist as python,
     ensure_component, link, signing_key,
 };
-pub use store::{ArtifactStore, Manifest, is_artifact_key};
+pub use store::{ArtifactStore, Delta, Manifest, is_artifact_key};
 
 use std::path::{Path, PathBuf};
 

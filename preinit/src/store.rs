@@ -45,6 +45,66 @@ pub struct Manifest {
     /// was compiled from, stored beside it as `<key>.wasm` for building
     /// per-function snapshots; `None` when it is not stored.
     pub snapshot_blake3: Option<String>,
+    /// When set, the store holds the `.cwasm` as a delta against another
+    /// artifact (`artifacts/<key>.cwasm.delta`, see
+    /// [`ArtifactStore::publish_delta`]) instead of whole.
+    #[serde(default)]
+    pub delta: Option<Delta>,
+}
+
+/// How a `.cwasm` stored as a delta is rebuilt: a zstd frame compressed with
+/// the base artifact's `.cwasm` as its reference prefix (what `zstd
+/// --patch-from` does). A per-function snapshot differs from its base in its
+/// memory image and a little code, so the delta is a small fraction of the
+/// whole (figures in `benches/README.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Delta {
+    /// Key of the artifact whose `.cwasm` is the reference.
+    pub base_key: String,
+    /// Its content hash ([`Manifest::blake3`]), checked before it is used.
+    pub base_blake3: String,
+    /// BLAKE3 (hex) of the stored delta, checked before it is decompressed.
+    pub stored_blake3: String,
+    /// Size of the stored delta in bytes.
+    pub stored_size: u64,
+}
+
+/// zstd window for deltas: 2^28 bytes (256 MiB) covers the reference prefix
+/// plus the artifact (≈40 MB each today) with room; a decoder refuses frames
+/// that ask for more, which bounds what a delta can make it allocate.
+const DELTA_WINDOW_LOG: u32 = 28;
+
+/// zstd level for deltas: 3 (zstd's default) with long-distance matching,
+/// which finds the base's copy of each unchanged function.
+const DELTA_LEVEL: i32 = 3;
+
+/// Compresses `target` against `reference` (see [`Delta`]).
+fn encode_delta(reference: &[u8], target: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder =
+        zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), DELTA_LEVEL, reference)?;
+    encoder.long_distance_matching(true)?;
+    encoder.window_log(DELTA_WINDOW_LOG)?;
+    encoder.include_contentsize(true)?;
+    encoder.set_pledged_src_size(Some(target.len() as u64))?;
+    encoder.write_all(target)?;
+    encoder.finish()
+}
+
+/// Rebuilds what [`encode_delta`] compressed; at most `limit` bytes.
+fn decode_delta(reference: &[u8], delta: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(delta, reference)?;
+    decoder.window_log_max(DELTA_WINDOW_LOG)?;
+    let mut out = Vec::new();
+    decoder.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::other(
+            "the delta expands past the recorded size",
+        ));
+    }
+    Ok(out)
 }
 
 impl Manifest {
@@ -68,6 +128,7 @@ impl Manifest {
             created_unix_ms: crate::unix_ms(),
             timings_ms,
             snapshot_blake3: None,
+            delta: None,
         }
     }
 }
@@ -210,6 +271,9 @@ impl ArtifactStore {
     /// the stored bytes are corrupt.
     pub async fn fetch(&self, manifest: &Manifest) -> Result<PathBuf> {
         check_key(&manifest.key)?;
+        if let Some(delta) = &manifest.delta {
+            return self.fetch_delta(manifest, delta).await;
+        }
         self.fetch_verified(
             &manifest.key,
             "cwasm",
@@ -249,6 +313,63 @@ impl ArtifactStore {
         }
         atomic_write(&path, &bytes)?;
         Ok(path)
+    }
+
+    /// Rebuilds a `.cwasm` stored as a delta into the cache: the base's
+    /// `.cwasm` (fetched and verified itself), the delta (checked against
+    /// [`Delta::stored_blake3`]), then the result against [`Manifest::blake3`].
+    async fn fetch_delta(&self, manifest: &Manifest, delta: &Delta) -> Result<PathBuf> {
+        let path = self.cache_path(manifest);
+        if path.exists() {
+            return Ok(path);
+        }
+        check_key(&delta.base_key)?;
+        let base = self
+            .fetch_verified(
+                &delta.base_key,
+                "cwasm",
+                &delta.base_blake3,
+                self.cache_dir
+                    .join(format!("{}.{}.cwasm", delta.base_key, delta.base_blake3)),
+            )
+            .await?;
+        let object = Self::object(&manifest.key, "cwasm.delta");
+        let stored = self.objects.get(&object).await?.ok_or_else(|| {
+            Error::BadManifest(format!(
+                "{}/{object} is missing though its manifest is published",
+                self.location()
+            ))
+        })?;
+        let actual = eryx::content_hash(&stored);
+        if actual != delta.stored_blake3 {
+            return Err(Error::HashMismatch {
+                what: format!("{}/{object}", self.location()),
+                algorithm: "blake3",
+                expected: delta.stored_blake3.clone(),
+                actual,
+            });
+        }
+        let size = manifest.size;
+        let expected = manifest.blake3.clone();
+        let what = format!("{}/{object} (rebuilt)", self.location());
+        // Reading 40 MB and decompressing: off the async workers.
+        tokio::task::spawn_blocking(move || -> Result<PathBuf> {
+            let reference = std::fs::read(&base)?;
+            let cwasm = decode_delta(&reference, &stored, size)?;
+            let actual = eryx::content_hash(&cwasm);
+            if actual != expected {
+                return Err(Error::HashMismatch {
+                    what,
+                    algorithm: "blake3",
+                    expected,
+                    actual,
+                });
+            }
+            atomic_write(&path, &cwasm)?;
+            Ok(path)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(format!("delta task: {e}"))))?
     }
 
     /// Returns the local path of the pre-initialized component (`.wasm`) the
@@ -307,6 +428,68 @@ impl ArtifactStore {
         Ok(())
     }
 
+    /// Publishes an artifact stored as a delta against `base` (an artifact
+    /// of this store whose `.cwasm` is in the local cache or fetched now):
+    /// the delta is computed, rebuilt and checked against the `.cwasm`
+    /// before anything is uploaded, then uploaded, then the manifest (with
+    /// [`Manifest::delta`] set) is published. The whole `.cwasm` goes to the
+    /// local cache. Returns the published manifest.
+    ///
+    /// CPU-heavy (a second or two for 40 MB): runs on a blocking thread.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when an upload or the base's download fails;
+    /// [`Error::HashMismatch`] when the base or the rebuilt artifact does not
+    /// verify; [`Error::Io`] when compressing fails.
+    pub async fn publish_delta(
+        &self,
+        manifest: &Manifest,
+        cwasm: Vec<u8>,
+        base: &Manifest,
+    ) -> Result<Manifest> {
+        check_key(&manifest.key)?;
+        if base.delta.is_some() {
+            return Err(Error::BadManifest(format!(
+                "artifact {} is itself a delta; deltas are taken against whole artifacts",
+                base.key
+            )));
+        }
+        let base_path = self.fetch(base).await?;
+        let expected = manifest.blake3.clone();
+        let (cwasm, stored) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<u8>)> {
+            let reference = std::fs::read(&base_path)?;
+            let stored = encode_delta(&reference, &cwasm)?;
+            let rebuilt = decode_delta(&reference, &stored, cwasm.len() as u64)?;
+            let actual = eryx::content_hash(&rebuilt);
+            if actual != expected {
+                return Err(Error::HashMismatch {
+                    what: "the delta, rebuilt before upload".into(),
+                    algorithm: "blake3",
+                    expected,
+                    actual,
+                });
+            }
+            Ok((cwasm, stored))
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(format!("delta task: {e}"))))??;
+        let mut published = manifest.clone();
+        published.delta = Some(Delta {
+            base_key: base.key.clone(),
+            base_blake3: base.blake3.clone(),
+            stored_blake3: eryx::content_hash(&stored),
+            stored_size: stored.len() as u64,
+        });
+        atomic_write(&self.cache_path(&published), &cwasm)?;
+        self.objects
+            .put(&Self::object(&published.key, "cwasm.delta"), stored)
+            .await?;
+        self.objects
+            .put_signed(&Self::object(&published.key, "json"), &published)
+            .await?;
+        Ok(published)
+    }
+
     /// Removes an artifact (manifest first, so it is unpublished before its
     /// bytes go) and its local cached copy. Missing pieces are not an error.
     ///
@@ -314,7 +497,7 @@ impl ArtifactStore {
     /// [`Error::Store`] when the store refuses the deletion.
     pub async fn remove(&self, key: &str) -> Result<()> {
         check_key(key)?;
-        for extension in ["json", "cwasm", "wasm"] {
+        for extension in ["json", "cwasm", "cwasm.delta", "wasm"] {
             self.objects.delete(&Self::object(key, extension)).await?;
         }
         // Every cached build of the key (see `cache_path`).

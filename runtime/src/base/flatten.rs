@@ -580,6 +580,9 @@ enum Target {
     External(u32),
 }
 
+/// The name under which `M` exports each `(merged instance, export name)`.
+type ExportNames = HashMap<(u32, String), String>;
+
 /// Folded value of a constant global.
 #[derive(Debug, Clone, Copy)]
 enum Const {
@@ -743,16 +746,16 @@ impl<'a, 'g> Merge<'a, 'g> {
             for kind in Kind::ALL {
                 for position in 0..self.members[member].imported[kind.slot()].len() as u32 {
                     let target = self.resolve_import(member, kind, position, 0)?;
-                    if let Target::External(item) = target {
-                        if !self.external_slot.contains_key(&(kind, item)) {
-                            let slot = self.externals[kind.slot()].len() as u32;
-                            self.externals[kind.slot()].push(item);
-                            self.external_slot.insert((kind, item), slot);
-                            let m = &self.members[member];
-                            let import = &m.imports[m.imported[kind.slot()][position as usize]];
-                            self.external_types
-                                .insert((kind, item), (member, import.ty));
-                        }
+                    if let Target::External(item) = target
+                        && !self.external_slot.contains_key(&(kind, item))
+                    {
+                        let slot = self.externals[kind.slot()].len() as u32;
+                        self.externals[kind.slot()].push(item);
+                        self.external_slot.insert((kind, item), slot);
+                        let m = &self.members[member];
+                        let import = &m.imports[m.imported[kind.slot()][position as usize]];
+                        self.external_types
+                            .insert((kind, item), (member, import.ty));
                     }
                     self.resolved.insert((member, kind, position), target);
                 }
@@ -889,7 +892,7 @@ impl<'a, 'g> Merge<'a, 'g> {
     fn encode(
         &mut self,
         wanted: &[(u32, Kind, String)],
-    ) -> Result<(Vec<u8>, HashMap<(u32, String), String>), FlattenError> {
+    ) -> Result<(Vec<u8>, ExportNames), FlattenError> {
         // Fold every global first (the reencoder below only reads the map).
         for member in 0..self.members.len() {
             let imported = self.members[member].imported[Kind::Global.slot()].len() as u32;
@@ -1290,10 +1293,10 @@ pub fn flatten(input: &[u8]) -> Result<Flattened, FlattenError> {
     let mut wanted = Vec::new();
     for kind in Kind::ALL {
         for origin in &graph.items[kind.slot()] {
-            if let Origin::Alias { instance, name } = origin {
-                if set.contains(instance) {
-                    wanted.push((*instance, kind, name.clone()));
-                }
+            if let Origin::Alias { instance, name } = origin
+                && set.contains(instance)
+            {
+                wanted.push((*instance, kind, name.clone()));
             }
         }
     }

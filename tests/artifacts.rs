@@ -357,3 +357,122 @@ async fn tampered_compile_cache_entries_are_recompiled_not_loaded() {
         .unwrap();
     assert!(!function.wasm.is_empty());
 }
+
+/// A second artifact made from the base's bytes with a few changed: what a
+/// per-function snapshot is to its base, for the delta tests (the bytes are
+/// only stored and rebuilt, never loaded).
+fn variant_of(base: &[u8]) -> Vec<u8> {
+    let mut bytes = base.to_vec();
+    for i in (0..bytes.len()).step_by(1 << 20) {
+        bytes[i] ^= 0x5a;
+    }
+    bytes.extend_from_slice(b"a function's own data");
+    bytes
+}
+
+#[tokio::test]
+async fn a_delta_is_rebuilt_verified_and_a_tampered_one_is_never_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = seeded_store(dir.path());
+    let base = store.manifest(&key).await.unwrap().unwrap();
+    let base_bytes = std::fs::read(store.fetch(&base).await.unwrap()).unwrap();
+    let cwasm = variant_of(&base_bytes);
+    let function_key = "f".repeat(64);
+    let manifest = eryx_preinit::Manifest::new(
+        &function_key,
+        &cwasm,
+        &engine(),
+        Default::default(),
+        Default::default(),
+    );
+    let published = store
+        .publish_delta(&manifest, cwasm.clone(), &base)
+        .await
+        .unwrap();
+    let delta = published.delta.clone().unwrap();
+    assert!(
+        delta.stored_size < (cwasm.len() / 20) as u64,
+        "the delta ({} bytes) is a small fraction of the artifact ({} bytes)",
+        delta.stored_size,
+        cwasm.len()
+    );
+    assert!(!stored_file(dir.path(), &function_key, "cwasm").exists());
+
+    // A replica with an empty cache rebuilds the same bytes.
+    let other = ArtifactStore::open(
+        dir.path().join("store").to_str().unwrap(),
+        &dir.path().join("other-cache"),
+        &eryx_tests::signing_key(),
+    )
+    .unwrap();
+    let manifest = other.manifest(&function_key).await.unwrap().unwrap();
+    let rebuilt = std::fs::read(other.fetch(&manifest).await.unwrap()).unwrap();
+    assert!(
+        rebuilt == cwasm,
+        "the rebuilt artifact is the published one"
+    );
+
+    // A flipped byte in the stored delta: refused, nothing cached.
+    let stored = stored_file(dir.path(), &function_key, "cwasm.delta");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&stored, bytes).unwrap();
+    let third = ArtifactStore::open(
+        dir.path().join("store").to_str().unwrap(),
+        &dir.path().join("third-cache"),
+        &eryx_tests::signing_key(),
+    )
+    .unwrap();
+    let error = third.fetch(&manifest).await.unwrap_err();
+    assert!(
+        matches!(error, eryx_preinit::Error::HashMismatch { .. }),
+        "{error}"
+    );
+    assert!(!third.cache_path(&manifest).exists());
+}
+
+#[tokio::test]
+async fn the_artifact_cache_keeps_to_its_limit_by_evicting_the_least_recently_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = seeded_store(dir.path());
+    let base = store.manifest(&key).await.unwrap().unwrap();
+    let base_size = base.size;
+    // Room for the base and one more artifact of its size, not two.
+    let store = store.with_cache_limit(base_size * 5 / 2);
+    let base_path = store.fetch(&base).await.unwrap();
+    let base_bytes = std::fs::read(&base_path).unwrap();
+    let mut manifests = Vec::new();
+    for key in ["a", "b"] {
+        let cwasm = variant_of(&base_bytes);
+        let key = key.repeat(64);
+        let manifest = eryx_preinit::Manifest::new(
+            &key,
+            &cwasm,
+            &engine(),
+            Default::default(),
+            Default::default(),
+        );
+        store.publish(&manifest, cwasm).await.unwrap();
+        // Use the base between the two, so "a" is the least recently used.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        store.fetch(&base).await.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        manifests.push(manifest);
+    }
+    assert!(
+        store.cache_path(&base).exists(),
+        "the recently used base stays"
+    );
+    assert!(store.cache_path(&manifests[1]).exists(), "the newest stays");
+    assert!(
+        !store.cache_path(&manifests[0]).exists(),
+        "the least recently used goes"
+    );
+    // An evicted artifact comes back from the store, verified.
+    let path = store.fetch(&manifests[0]).await.unwrap();
+    assert_eq!(
+        eryx::content_hash(&std::fs::read(path).unwrap()),
+        manifests[0].blake3
+    );
+}

@@ -1135,3 +1135,55 @@ async fn a_function_version_is_stored_as_a_small_delta_and_rebuilt_on_another_re
         .count();
     assert_eq!(rebuilt, 1, "the rebuilt .cwasm is cached");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_no_function_names_are_collected_and_the_live_ones_kept() {
+    let mut limits = Limits::default();
+    limits.artifact_gc_interval = Duration::from_millis(200);
+    limits.artifact_gc_grace = Duration::ZERO;
+    let gw = TestGateway::start(Config::new().with_limits(limits)).await;
+    let manifests = |gw: &TestGateway| -> Vec<String> {
+        std::fs::read_dir(gw.store.path().join("artifacts"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".json").map(str::to_owned)
+            })
+            .collect()
+    };
+    // The seeded store holds base artifacts (one per engine the tests use).
+    let bases = manifests(&gw);
+    assert!(!bases.is_empty());
+    gw.deploy("versioned", "def handler(event, context):\n    return 1\n")
+        .await;
+    gw.wait_compiled("versioned").await;
+    let first = gw.info("versioned").await["artifact"].as_str().unwrap().to_owned();
+    gw.deploy("versioned", "def handler(event, context):\n    return 2\n")
+        .await;
+    gw.wait_compiled("versioned").await;
+    let second = gw.info("versioned").await["artifact"].as_str().unwrap().to_owned();
+    assert_ne!(first, second);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while manifests(&gw).contains(&first) {
+        assert!(
+            Instant::now() < deadline,
+            "version 1's artifact was never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = manifests(&gw);
+    assert!(left.contains(&second), "{left:?}");
+    assert!(
+        bases.iter().all(|b| left.contains(b)),
+        "the bases stay: {left:?}"
+    );
+    assert!(
+        !gw.store
+            .path()
+            .join(format!("artifacts/{first}.cwasm.delta"))
+            .exists(),
+        "the delta went with its manifest"
+    );
+    let (status, body) = gw.invoke("versioned", json!(null)).await;
+    assert_eq!((status, body), (200, json!(2)));
+}

@@ -90,6 +90,11 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     allow_private_hosts: Vec<String>,
+    /// Largest local cache of artifacts, in MiB; past it the least recently
+    /// used are removed and fetched again from the store when needed
+    /// [default: unbounded].
+    #[arg(long, env = "ERYX_ARTIFACT_CACHE_MB")]
+    artifact_cache_mb: Option<u64>,
     /// Deployments building snapshots at once [default: 2].
     #[arg(long, env = "ERYX_MAX_CONCURRENT_DEPLOYS")]
     max_concurrent_deploys: Option<usize>,
@@ -182,6 +187,7 @@ pub fn run(
         limits.default_tmp_mb = mb;
     }
     limits.allow_private_hosts = args.allow_private_hosts.clone();
+    limits.artifact_cache_bytes = args.artifact_cache_mb.map(|mb| mb << 20);
     let mut config = eryx_gateway::Config::new()
         .with_listen(args.listen)
         .with_limits(limits);

@@ -227,6 +227,19 @@ pub struct Limits {
     /// head names, before deleting it (default 6 min: longer than the
     /// longest request, so no request still running on it is affected).
     pub session_sweep_grace: Duration,
+    /// Bytes of artifacts (`.cwasm`, `.wasm`) this replica keeps in its
+    /// local cache (default none: unbounded); past it, the least recently
+    /// used are removed and fetched again from the store when needed (see
+    /// `eryx_preinit::ArtifactStore::with_cache_limit`).
+    pub artifact_cache_bytes: Option<u64>,
+    /// How often this replica removes per-function artifacts that no
+    /// function record names (default 10 min). Several replicas may collect
+    /// at once.
+    pub artifact_gc_interval: Duration,
+    /// How old such an artifact must be before it is removed (default 1 h:
+    /// longer than any deploy takes from publishing its artifact to writing
+    /// its record).
+    pub artifact_gc_grace: Duration,
 }
 
 impl Default for Limits {
@@ -263,6 +276,9 @@ impl Default for Limits {
             session_cache_idle: Duration::from_secs(600),
             session_sweep_interval: Duration::from_secs(60),
             session_sweep_grace: Duration::from_secs(360),
+            artifact_cache_bytes: None,
+            artifact_gc_interval: Duration::from_secs(600),
+            artifact_gc_grace: Duration::from_secs(3600),
         }
     }
 }

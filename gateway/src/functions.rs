@@ -727,6 +727,53 @@ impl Functions {
         Ok(records)
     }
 
+    /// Removes the per-function artifacts no function record names any
+    /// more (old versions, deleted functions) once they are older than
+    /// `grace`; returns how many. The records are listed before the
+    /// artifacts, and a deploy writes its record before it publishes its
+    /// artifact, so an artifact a deploy on another replica is publishing
+    /// right now is either named by a record already listed or younger than
+    /// `grace`. The base and artifacts of other recipes are never touched; a
+    /// store error stops the collection before anything is removed. A record
+    /// that reappears later with the same artifact key (an identical
+    /// redeploy) finds its snapshot gone and rebuilds it from the source.
+    pub(crate) async fn collect_artifacts(&self, grace: Duration) -> Result<usize, FunctionError> {
+        let referenced: std::collections::HashSet<String> =
+            self.list().await?.into_iter().map(|r| r.artifact).collect();
+        let objects = self.store.objects().list("artifacts").await?;
+        let now = eryx_preinit::unix_ms();
+        let mut removed = 0;
+        for object in objects {
+            let Some(key) = object
+                .path
+                .strip_prefix("artifacts/")
+                .and_then(|p| p.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if referenced.contains(key) || key == self.base.key {
+                continue;
+            }
+            let manifest = match self.store.manifest(key).await {
+                Ok(Some(manifest)) => manifest,
+                Ok(None) => continue,
+                // Unsigned or malformed: not ours to judge here.
+                Err(eryx_preinit::Error::Store(error)) => return Err(error.into()),
+                Err(_) => continue,
+            };
+            let is_function =
+                manifest.inputs.get("recipe").map(String::as_str) == Some(FUNCTION_RECIPE);
+            let age = Duration::from_millis(now.saturating_sub(manifest.created_unix_ms));
+            if !is_function || age < grace {
+                continue;
+            }
+            self.store.remove(key).await?;
+            tracing::info!(artifact = key, "removed an artifact no function uses");
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Removes `name` (its record; snapshots are content-addressed and kept).
     /// Returns whether it existed.
     pub(crate) async fn delete(&self, name: &str) -> Result<bool, FunctionError> {

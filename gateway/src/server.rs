@@ -122,6 +122,22 @@ impl Gateway {
                             }
                         }
                     });
+                    let limits = &startup_state.config.limits;
+                    let (interval, grace) = (limits.artifact_gc_interval, limits.artifact_gc_grace);
+                    let weak = Arc::downgrade(&functions);
+                    runtime.spawn(async move {
+                        loop {
+                            tokio::time::sleep(interval).await;
+                            let Some(functions) = weak.upgrade() else {
+                                break;
+                            };
+                            match functions.collect_artifacts(grace).await {
+                                Ok(0) => {}
+                                Ok(removed) => tracing::info!(removed, "collected artifacts"),
+                                Err(error) => tracing::warn!("artifact collection failed: {error}"),
+                            }
+                        }
+                    });
                     let interval = startup_state.config.limits.session_sweep_interval;
                     let weak = Arc::downgrade(&sessions);
                     runtime.spawn(async move {
@@ -249,6 +265,10 @@ async fn startup(state: &AppState) -> Result<(Arc<Functions>, Arc<Sessions>), St
             .map(|(k, v)| (k.as_str(), v.clone())),
     )
     .map_err(|e| e.to_string())?;
+    let store = match config.limits.artifact_cache_bytes {
+        Some(bytes) => store.with_cache_limit(bytes),
+        None => store,
+    };
     let pool_size = u32::try_from(config.limits.max_concurrency)
         .unwrap_or(u32::MAX)
         .saturating_add(16);

@@ -155,6 +155,7 @@ pub fn is_artifact_key(key: &str) -> bool {
 pub struct ArtifactStore {
     objects: eryx_store::Store,
     cache_dir: PathBuf,
+    cache_limit: Option<u64>,
 }
 
 impl ArtifactStore {
@@ -192,7 +193,80 @@ impl ArtifactStore {
         Ok(ArtifactStore {
             objects,
             cache_dir: cache_dir.to_owned(),
+            cache_limit: None,
         })
+    }
+
+    /// Bounds the local cache of artifacts (`.cwasm` and `.wasm` files in
+    /// the cache directory, not the compile cache below it) to `bytes`:
+    /// after each file is added, the least recently used others are removed
+    /// until the rest fits. A file is "used" when it is fetched or
+    /// published (its modification time is refreshed on a cache hit). A
+    /// removed artifact is fetched again from the store when next needed;
+    /// one already loaded keeps running (its mapping outlives the file).
+    pub fn with_cache_limit(mut self, bytes: u64) -> ArtifactStore {
+        self.cache_limit = Some(bytes);
+        self
+    }
+
+    /// Marks `path` used (for [`with_cache_limit`](Self::with_cache_limit))
+    /// and returns it.
+    fn touch(&self, path: PathBuf) -> PathBuf {
+        if self.cache_limit.is_some()
+            && let Ok(file) = std::fs::File::options().write(true).open(&path)
+        {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+        path
+    }
+
+    /// Writes `bytes` into the cache at `path`, then evicts down to the
+    /// limit (never `path` itself).
+    fn cache_write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        atomic_write(path, bytes)?;
+        self.evict(path);
+        Ok(())
+    }
+
+    /// Removes least recently used cached artifacts until the cache fits
+    /// its limit. Failures are logged, not returned: the cache is only a cache.
+    fn evict(&self, keep: &Path) {
+        let Some(limit) = self.cache_limit else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let path = e.path();
+                let name = path.file_name()?.to_str()?;
+                if !(name.ends_with(".cwasm") || name.ends_with(".wasm")) {
+                    return None;
+                }
+                let meta = e.metadata().ok().filter(|m| m.is_file())?;
+                Some((meta.modified().ok()?, meta.len(), path))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|(_, size, _)| size).sum();
+        files.sort();
+        for (_, size, path) in files {
+            if total <= limit {
+                break;
+            }
+            if path == keep {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    total -= size;
+                    tracing::info!(file = %path.display(), size, "evicted from the artifact cache");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => total -= size,
+                Err(e) => tracing::warn!(file = %path.display(), "evicting: {e}"),
+            }
+        }
     }
 
     /// The store itself, for everything else kept beside the artifacts
@@ -293,7 +367,7 @@ impl ArtifactStore {
         path: PathBuf,
     ) -> Result<PathBuf> {
         if path.exists() {
-            return Ok(path);
+            return Ok(self.touch(path));
         }
         let object = Self::object(key, extension);
         let bytes = self.objects.get(&object).await?.ok_or_else(|| {
@@ -311,7 +385,7 @@ impl ArtifactStore {
                 actual,
             });
         }
-        atomic_write(&path, &bytes)?;
+        self.cache_write(&path, &bytes)?;
         Ok(path)
     }
 
@@ -321,7 +395,7 @@ impl ArtifactStore {
     async fn fetch_delta(&self, manifest: &Manifest, delta: &Delta) -> Result<PathBuf> {
         let path = self.cache_path(manifest);
         if path.exists() {
-            return Ok(path);
+            return Ok(self.touch(path));
         }
         check_key(&delta.base_key)?;
         let base = self
@@ -352,8 +426,9 @@ impl ArtifactStore {
         let size = manifest.size;
         let expected = manifest.blake3.clone();
         let what = format!("{}/{object} (rebuilt)", self.location());
+        let target = path.clone();
         // Reading 40 MB and decompressing: off the async workers.
-        tokio::task::spawn_blocking(move || -> Result<PathBuf> {
+        tokio::task::spawn_blocking(move || -> Result<()> {
             let reference = std::fs::read(&base)?;
             let cwasm = decode_delta(&reference, &stored, size)?;
             let actual = eryx::content_hash(&cwasm);
@@ -365,11 +440,13 @@ impl ArtifactStore {
                     actual,
                 });
             }
-            atomic_write(&path, &cwasm)?;
-            Ok(path)
+            atomic_write(&target, &cwasm)?;
+            Ok(())
         })
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(format!("delta task: {e}"))))?
+        .map_err(|e| Error::Io(std::io::Error::other(format!("delta task: {e}"))))??;
+        self.evict(&path);
+        Ok(path)
     }
 
     /// Returns the local path of the pre-initialized component (`.wasm`) the
@@ -402,7 +479,7 @@ impl ArtifactStore {
     /// [`Error::Store`] when the upload fails.
     pub async fn publish_snapshot(&self, key: &str, wasm: Vec<u8>) -> Result<()> {
         check_key(key)?;
-        atomic_write(
+        self.cache_write(
             &self.snapshot_cache_path(key, &eryx::content_hash(&wasm)),
             &wasm,
         )?;
@@ -418,7 +495,7 @@ impl ArtifactStore {
     /// [`Error::Store`] when an upload fails.
     pub async fn publish(&self, manifest: &Manifest, cwasm: Vec<u8>) -> Result<()> {
         check_key(&manifest.key)?;
-        atomic_write(&self.cache_path(manifest), &cwasm)?;
+        self.cache_write(&self.cache_path(manifest), &cwasm)?;
         self.objects
             .put(&Self::object(&manifest.key, "cwasm"), cwasm)
             .await?;
@@ -480,7 +557,7 @@ impl ArtifactStore {
             stored_blake3: eryx::content_hash(&stored),
             stored_size: stored.len() as u64,
         });
-        atomic_write(&self.cache_path(&published), &cwasm)?;
+        self.cache_write(&self.cache_path(&published), &cwasm)?;
         self.objects
             .put(&Self::object(&published.key, "cwasm.delta"), stored)
             .await?;

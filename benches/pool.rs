@@ -76,10 +76,19 @@ fn main() {
         .with_stdlib_dir(&setup.stdlib_dir)
         .build()
         .unwrap();
+    // `ERYX_BENCH_ONLY=<name>` runs one configuration (for profiling).
+    let only = std::env::var("ERYX_BENCH_ONLY").ok();
+    let configs = [
+        ("linked", &setup.linked),
+        ("flattened", &setup.runtime),
+        ("flattened_keep_resident_64mib", &resident),
+    ];
     for round in 0..2 {
         println!("round {round}");
-        run(&setup, "linked", &setup.linked, requests);
-        run(&setup, "flattened", &setup.runtime, requests);
-        run(&setup, "flattened_keep_resident_64mib", &resident, requests);
+        for (name, runtime) in configs {
+            if only.as_deref().is_none_or(|o| o == name) {
+                run(&setup, name, runtime, requests);
+            }
+        }
     }
 }

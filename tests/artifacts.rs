@@ -442,7 +442,13 @@ async fn the_artifact_cache_keeps_to_its_limit_by_evicting_the_least_recently_us
     let store = store.with_cache_limit(base_size * 5 / 2);
     let base_path = store.fetch(&base).await.unwrap();
     let base_bytes = std::fs::read(&base_path).unwrap();
-    let mut manifests = Vec::new();
+    // Sets a cached file's last use `minutes` ago.
+    let age = |path: &std::path::Path, minutes: u64| {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(60 * minutes);
+        file.set_modified(when).unwrap();
+    };
+    let mut manifests: Vec<eryx_preinit::Manifest> = Vec::new();
     for key in ["a", "b"] {
         let cwasm = variant_of(&base_bytes);
         let key = key.repeat(64);
@@ -453,16 +459,18 @@ async fn the_artifact_cache_keeps_to_its_limit_by_evicting_the_least_recently_us
             Default::default(),
             Default::default(),
         );
+        if let Some(a) = manifests.first() {
+            // "a" was last used 10 minutes ago, the base 5: "a" is the least
+            // recently used, and neither within the last minute.
+            age(&store.cache_path(a), 10);
+            age(&store.cache_path(&base), 5);
+        }
         store.publish(&manifest, cwasm).await.unwrap();
-        // Use the base between the two, so "a" is the least recently used.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        store.fetch(&base).await.unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
         manifests.push(manifest);
     }
     assert!(
         store.cache_path(&base).exists(),
-        "the recently used base stays"
+        "the more recently used base stays"
     );
     assert!(store.cache_path(&manifests[1]).exists(), "the newest stays");
     assert!(

@@ -27,6 +27,18 @@ fn flattened_component_has_one_code_module_and_no_eager_table_segments() {
     // merged start) and wit-component's fixup (no code: one segment).
     assert_eq!(after.modules_with_code, 1, "{after:?}");
     assert_eq!(after.segments_at_computed_offsets, 0, "{after:?}");
+    // Only the fixup writes into a table it imports (the merged module's
+    // table of lowered imports, which it fills once the memory exists).
+    assert_eq!(after.segments_into_imported_tables, 1, "{after:?}");
+    assert!(
+        after.function_imports < before.function_imports / 4,
+        "{after:?}"
+    );
+    // And the pipeline runs this flattened component (not the fallback).
+    let data_dir = eryx_preinit::default_data_dir();
+    let artifacts = eryx::base::ensure_component(&data_dir, &eryx::base::LogProgress).unwrap();
+    let running = structure(&std::fs::read(&artifacts.component).unwrap()).unwrap();
+    assert_eq!(running, after);
 }
 
 /// Python programs whose output does not depend on time or randomness the

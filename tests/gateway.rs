@@ -1157,11 +1157,17 @@ async fn artifacts_no_function_names_are_collected_and_the_live_ones_kept() {
     gw.deploy("versioned", "def handler(event, context):\n    return 1\n")
         .await;
     gw.wait_compiled("versioned").await;
-    let first = gw.info("versioned").await["artifact"].as_str().unwrap().to_owned();
+    let first = gw.info("versioned").await["artifact"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     gw.deploy("versioned", "def handler(event, context):\n    return 2\n")
         .await;
     gw.wait_compiled("versioned").await;
-    let second = gw.info("versioned").await["artifact"].as_str().unwrap().to_owned();
+    let second = gw.info("versioned").await["artifact"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_ne!(first, second);
     let deadline = Instant::now() + Duration::from_secs(20);
     while manifests(&gw).contains(&first) {

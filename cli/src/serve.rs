@@ -187,7 +187,7 @@ pub fn run(
         limits.default_tmp_mb = mb;
     }
     limits.allow_private_hosts = args.allow_private_hosts.clone();
-    limits.artifact_cache_bytes = args.artifact_cache_mb.map(|mb| mb << 20);
+    limits.artifact_cache_bytes = args.artifact_cache_mb.map(|mb| mb.saturating_mul(1 << 20));
     let mut config = eryx_gateway::Config::new()
         .with_listen(args.listen)
         .with_limits(limits);

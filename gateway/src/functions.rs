@@ -584,11 +584,23 @@ impl Functions {
             return Ok(None);
         };
         self.ensure_bundle(&record).await?;
-        let deployed = match self.compiled(&record.artifact).await {
+        let compiled = match self.compiled(&record.artifact).await {
             Some(manifest) => {
                 let slots = self.new_slots();
-                Arc::new(self.serve_snapshot(record, &manifest, slots).await?)
+                match self.serve_snapshot(record.clone(), &manifest, slots).await {
+                    Ok(deployed) => Some(Arc::new(deployed)),
+                    // Missing, collected or unverifiable pieces: rebuild it.
+                    Err(FunctionError::Pipeline(error)) => {
+                        tracing::warn!(function = name, "rebuilding the snapshot: {error}");
+                        None
+                    }
+                    Err(error) => return Err(error),
+                }
             }
+            None => None,
+        };
+        let deployed = match compiled {
+            Some(deployed) => deployed,
             None => {
                 let source = self
                     .store
@@ -742,6 +754,7 @@ impl Functions {
             self.list().await?.into_iter().map(|r| r.artifact).collect();
         let objects = self.store.objects().list("artifacts").await?;
         let now = eryx_preinit::unix_ms();
+        let mut candidates = Vec::new();
         let mut removed = 0;
         for object in objects {
             let Some(key) = object
@@ -767,7 +780,22 @@ impl Functions {
             if !is_function || age < grace {
                 continue;
             }
-            self.store.remove(key).await?;
+            candidates.push(key.to_owned());
+        }
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        // Records again, right before removing: a deploy that reused one of
+        // these artifacts (an identical redeploy) since the first listing
+        // keeps it. A deploy that slips in after this still works: the
+        // loader rebuilds a snapshot whose pieces are gone.
+        let referenced: std::collections::HashSet<String> =
+            self.list().await?.into_iter().map(|r| r.artifact).collect();
+        for key in candidates {
+            if referenced.contains(&key) {
+                continue;
+            }
+            self.store.remove(&key).await?;
             tracing::info!(artifact = key, "removed an artifact no function uses");
             removed += 1;
         }
@@ -1029,7 +1057,19 @@ impl Functions {
     /// The manifest of a compiled snapshot usable by this engine, if stored.
     async fn compiled(&self, key: &str) -> Option<Manifest> {
         match self.store.manifest(key).await {
-            Ok(Some(manifest)) if manifest.engine == self.engine.fingerprint() => Some(manifest),
+            Ok(Some(manifest)) if manifest.engine == self.engine.fingerprint() => {
+                // A delta against other bytes than this replica's base (a
+                // base rebuilt under its key since) cannot be rebuilt here.
+                match &manifest.delta {
+                    Some(delta)
+                        if delta.base_key != self.base.key
+                            || delta.base_blake3 != self.base.blake3 =>
+                    {
+                        None
+                    }
+                    _ => Some(manifest),
+                }
+            }
             _ => None,
         }
     }

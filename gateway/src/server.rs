@@ -123,7 +123,11 @@ impl Gateway {
                         }
                     });
                     let limits = &startup_state.config.limits;
-                    let (interval, grace) = (limits.artifact_gc_interval, limits.artifact_gc_grace);
+                    // At least 100 ms apart: a zero interval must not spin.
+                    let interval = limits
+                        .artifact_gc_interval
+                        .max(std::time::Duration::from_millis(100));
+                    let grace = limits.artifact_gc_grace;
                     let weak = Arc::downgrade(&functions);
                     runtime.spawn(async move {
                         loop {

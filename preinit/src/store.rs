@@ -79,6 +79,10 @@ const DELTA_WINDOW_LOG: u32 = 28;
 /// which finds the base's copy of each unchanged function.
 const DELTA_LEVEL: i32 = 3;
 
+/// How recently a cached artifact must have been used to be spared by
+/// eviction even past the limit (see [`ArtifactStore::with_cache_limit`]).
+const RECENT_USE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Compresses `target` against `reference` (see [`Delta`]).
 fn encode_delta(reference: &[u8], target: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
@@ -133,8 +137,14 @@ impl Manifest {
     }
 }
 
-/// Current [`Manifest::format`].
+/// Current [`Manifest::format`] of a whole artifact.
 pub const MANIFEST_FORMAT: u32 = 3;
+
+/// [`Manifest::format`] of an artifact stored as a [`Delta`]: a distinct
+/// format, so a replica of an older release (which knows only
+/// [`MANIFEST_FORMAT`]) treats it as absent and rebuilds instead of
+/// looking for a `.cwasm` that is not there.
+pub const DELTA_MANIFEST_FORMAT: u32 = 4;
 
 /// Whether `key` has the shape of an artifact key (64 lowercase hex digits),
 /// so it is safe to use in a store path or a local file name.
@@ -200,7 +210,9 @@ impl ArtifactStore {
     /// Bounds the local cache of artifacts (`.cwasm` and `.wasm` files in
     /// the cache directory, not the compile cache below it) to `bytes`:
     /// after each file is added, the least recently used others are removed
-    /// until the rest fits. A file is "used" when it is fetched or
+    /// until the rest fits, sparing any used within the last minute (it may
+    /// be about to be opened), so the cache can exceed the limit briefly.
+    /// A file is "used" when it is fetched or
     /// published (its modification time is refreshed on a cache hit). A
     /// removed artifact is fetched again from the store when next needed;
     /// one already loaded keeps running (its mapping outlives the file).
@@ -251,11 +263,14 @@ impl ArtifactStore {
             .collect();
         let mut total: u64 = files.iter().map(|(_, size, _)| size).sum();
         files.sort();
-        for (_, size, path) in files {
+        let recent = std::time::SystemTime::now() - RECENT_USE;
+        for (used, size, path) in files {
             if total <= limit {
                 break;
             }
-            if path == keep {
+            // A file used within the last minute may be about to be opened
+            // by whoever fetched it (here or in another process).
+            if path == keep || used > recent {
                 continue;
             }
             match std::fs::remove_file(&path) {
@@ -327,7 +342,11 @@ impl ArtifactStore {
         else {
             return Ok(None);
         };
-        if manifest.format != MANIFEST_FORMAT || manifest.key != key {
+        let format_ok = match manifest.delta {
+            None => manifest.format == MANIFEST_FORMAT,
+            Some(_) => manifest.format == DELTA_MANIFEST_FORMAT,
+        };
+        if !format_ok || manifest.key != key {
             return Err(Error::BadManifest(format!(
                 "manifest of {key} has format {} and key {}",
                 manifest.format, manifest.key
@@ -551,6 +570,7 @@ impl ArtifactStore {
         .await
         .map_err(|e| Error::Io(std::io::Error::other(format!("delta task: {e}"))))??;
         let mut published = manifest.clone();
+        published.format = DELTA_MANIFEST_FORMAT;
         published.delta = Some(Delta {
             base_key: base.key.clone(),
             base_blake3: base.blake3.clone(),

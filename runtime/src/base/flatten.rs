@@ -36,7 +36,7 @@
 //! cycle through an outside item) is refused with [`FlattenError`], never
 //! emitted half-flattened.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 
 use wasm_encoder::reencode::{self, Reencode, ReencodeComponent};
@@ -340,7 +340,7 @@ impl<'a> Graph<'a> {
     fn tainted(
         &self,
         item: (Kind, u32),
-        set: &HashSet<u32>,
+        set: &BTreeSet<u32>,
         seen: &mut HashSet<(Kind, u32)>,
     ) -> bool {
         if !seen.insert(item) {
@@ -367,7 +367,7 @@ impl<'a> Graph<'a> {
     fn refers_to(
         &self,
         item: (Kind, u32),
-        set: &HashSet<u32>,
+        set: &BTreeSet<u32>,
         seen: &mut HashSet<(Kind, u32)>,
     ) -> bool {
         match &self.items[item.0.slot()].get(item.1 as usize) {
@@ -379,7 +379,7 @@ impl<'a> Graph<'a> {
     fn instance_depends_on(
         &self,
         instance: u32,
-        set: &HashSet<u32>,
+        set: &BTreeSet<u32>,
         seen: &mut HashSet<(Kind, u32)>,
     ) -> bool {
         if set.contains(&instance) {
@@ -398,8 +398,8 @@ impl<'a> Graph<'a> {
     /// The instances to merge: every instantiation except those that need
     /// something made from a merged instance (other than its plain exports),
     /// which must come after the merged one.
-    fn merge_set(&self) -> HashSet<u32> {
-        let mut set: HashSet<u32> = self
+    fn merge_set(&self) -> BTreeSet<u32> {
+        let mut set: BTreeSet<u32> = self
             .instances
             .iter()
             .enumerate()
@@ -611,7 +611,7 @@ struct Merge<'a, 'g> {
 }
 
 impl<'a, 'g> Merge<'a, 'g> {
-    fn new(graph: &'g Graph<'a>, set: &HashSet<u32>) -> Result<Self, FlattenError> {
+    fn new(graph: &'g Graph<'a>, set: &BTreeSet<u32>) -> Result<Self, FlattenError> {
         let mut order: Vec<u32> = set.iter().copied().collect();
         order.sort_unstable();
         let mut members = Vec::new();
@@ -1280,6 +1280,33 @@ pub fn flatten(input: &[u8]) -> Result<Flattened, FlattenError> {
         .map(|(i, _)| i as u32)
         .collect();
     let last_member = *set.iter().max().expect("not empty");
+    // The merged start functions run from the starter, placed where the last
+    // merged instance was (after every kept instantiation: the fixup), so a
+    // library's own start runs later than it did, though in the same order
+    // relative to the other members. No kept instance may tell: none may
+    // have a start function or data segments of its own (wit-component's
+    // fixup has one element segment into the lowered-imports table).
+    let kept: Vec<u32> = graph
+        .instances
+        .iter()
+        .enumerate()
+        .filter(|(i, inst)| {
+            matches!(inst, CoreInstance::Instantiate { .. }) && !set.contains(&(*i as u32))
+        })
+        .map(|(i, _)| i as u32)
+        .collect();
+    let last_kept = kept.iter().copied().max();
+    for k in &kept {
+        let CoreInstance::Instantiate { module, .. } = &graph.instances[*k as usize] else {
+            continue;
+        };
+        let m = Member::parse(*k, &[], graph.module_bytes(*module))?;
+        if m.start.is_some() || !m.data.is_empty() {
+            return Err(FlattenError::Unsupported(format!(
+                "kept instance {k} has a start function or data segments"
+            )));
+        }
+    }
     let merged_modules: HashSet<u32> = set
         .iter()
         .map(|i| match &graph.instances[*i as usize] {
@@ -1289,12 +1316,51 @@ pub fn flatten(input: &[u8]) -> Result<Flattened, FlattenError> {
         .collect();
 
     let mut merge = Merge::new(&graph, &set)?;
-    // Everything the component aliases from a merged instance.
+    if let Some(last_kept) = last_kept
+        && last_member < last_kept
+    {
+        return Err(FlattenError::Unsupported(format!(
+            "the merged start functions would run before kept instance {last_kept}"
+        )));
+    }
+    // What the kept items (canonical functions, kept instances and bags)
+    // reference: only those aliases of merged instances become exports of M.
+    let mut used: HashSet<(Kind, u32)> = HashSet::new();
+    let mut old_instance = 0u32;
+    for payload in top_level(input) {
+        match payload? {
+            Payload::ComponentCanonicalSection(s) => {
+                for func in s {
+                    let mut probe = Probe::default();
+                    probe.parse_component_canonical(
+                        &mut wasm_encoder::CanonicalFunctionSection::new(),
+                        func?,
+                    )?;
+                    used.extend(probe.refs);
+                }
+            }
+            Payload::InstanceSection(s) => {
+                for instance in s {
+                    let instance = instance?;
+                    let old = old_instance;
+                    old_instance += 1;
+                    if set.contains(&old) || dropped_bags.contains(&old) {
+                        continue;
+                    }
+                    let mut probe = Probe::default();
+                    probe.parse_instance(&mut InstanceSection::new(), instance)?;
+                    used.extend(probe.refs);
+                }
+            }
+            _ => {}
+        }
+    }
     let mut wanted = Vec::new();
     for kind in Kind::ALL {
-        for origin in &graph.items[kind.slot()] {
+        for (index, origin) in graph.items[kind.slot()].iter().enumerate() {
             if let Origin::Alias { instance, name } = origin
                 && set.contains(instance)
+                && used.contains(&(kind, index as u32))
             {
                 wanted.push((*instance, kind, name.clone()));
             }
@@ -1471,6 +1537,10 @@ pub fn flatten(input: &[u8]) -> Result<Flattened, FlattenError> {
                             let old = old_next[kind.slot()];
                             old_next[kind.slot()] += 1;
                             if set.contains(&instance_index) {
+                                if !used.contains(&(kind, old)) {
+                                    // Wiring the merge resolved: nothing kept names it.
+                                    continue;
+                                }
                                 match merged_instance {
                                     Some(m) => {
                                         let new = out.alias(
@@ -1534,6 +1604,8 @@ pub fn flatten(input: &[u8]) -> Result<Flattened, FlattenError> {
                     }
                 }
             }
+            // Component-level names index spaces this pass renumbers.
+            Payload::CustomSection(c) if c.name() == "component-name" => {}
             Payload::CustomSection(c) => {
                 out.component.section(&wasm_encoder::CustomSection {
                     name: c.name().into(),

@@ -18,8 +18,8 @@ use super::{Progress, WIT, atomic_write, embedded};
 use crate::{Error, Result};
 
 /// Bumped whenever the way we link or flatten changes, so old cached
-/// components are not reused (v3: the component is flattened after linking).
-const LINK_RECIPE: &str = "eryx-link-v3-flattened";
+/// components are not reused (v3: the component is flattened after linking; v4: only the exports it uses; v5: libraries' own starts allowed).
+const LINK_RECIPE: &str = "eryx-link-v5-flattened";
 
 /// Name of the bindings library inside the component.
 const BINDINGS_NAME: &str = "liberyx_bindings.so";
@@ -127,14 +127,25 @@ pub fn ensure_component(
         linked
     };
     progress.step("flattening the component into one core module");
-    let flat = super::flatten::flatten(&linked)
-        .map_err(|e| Error::Link(format!("flattening the linked component: {e}")))?;
-    atomic_write(&flat_path, &flat.component)?;
-    progress.done(&format!(
-        "flattened {} core instances into one module ({:.1} MB)",
-        flat.merged_instances,
-        flat.component.len() as f64 / 1e6
-    ));
+    match super::flatten::flatten(&linked) {
+        Ok(flat) => {
+            atomic_write(&flat_path, &flat.component)?;
+            progress.done(&format!(
+                "flattened {} core instances into one module ({:.1} MB)",
+                flat.merged_instances,
+                flat.component.len() as f64 / 1e6
+            ));
+        }
+        // A shape the pass does not merge (say, a WIT change that exports a
+        // resource with a destructor): the linked component runs as it is,
+        // only slower to instantiate.
+        Err(super::flatten::FlattenError::Unsupported(why)) => {
+            tracing::warn!("not flattened, running the linked component: {why}");
+            atomic_write(&flat_path, &linked)?;
+            progress.done("kept the linked component (not flattened)");
+        }
+        Err(e) => return Err(Error::Link(format!("flattening the linked component: {e}"))),
+    }
     Ok((flat_path, linked_path, key, true))
 }
 

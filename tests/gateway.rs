@@ -1102,6 +1102,7 @@ async fn a_function_version_is_stored_as_a_small_delta_and_rebuilt_on_another_re
     let deltas = stored_deltas(gw.store.path());
     assert_eq!(deltas.len(), 1, "{deltas:?}");
     let (key, size) = deltas[0].clone();
+    eprintln!("stored delta of function doubler: {size} bytes");
     assert!(size < 5 << 20, "the delta is {size} bytes");
     assert!(
         !gw.store

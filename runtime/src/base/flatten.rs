@@ -841,50 +841,9 @@ impl<'a, 'g> Merge<'a, 'g> {
         value
     }
 
-    /// Evaluates a constant expression of member `member`: integer
-    /// constants, `global.get` of foldable globals, and extended-const
-    /// arithmetic.
+    /// Evaluates a constant expression of member `member` (see [`eval_const`]).
     fn eval(&mut self, member: usize, expr: &wasmparser::ConstExpr<'_>) -> Option<Const> {
-        let mut stack: Vec<Const> = Vec::new();
-        let mut reader = expr.get_operators_reader();
-        loop {
-            let op = reader.read().ok()?;
-            match op {
-                Operator::End => break,
-                Operator::I32Const { value } => stack.push(Const::I32(value)),
-                Operator::I64Const { value } => stack.push(Const::I64(value)),
-                Operator::GlobalGet { global_index } => {
-                    stack.push(self.const_global(member, global_index)?)
-                }
-                Operator::I32Add | Operator::I32Sub | Operator::I32Mul => {
-                    let (Some(Const::I32(b)), Some(Const::I32(a))) = (stack.pop(), stack.pop())
-                    else {
-                        return None;
-                    };
-                    stack.push(Const::I32(match op {
-                        Operator::I32Add => a.wrapping_add(b),
-                        Operator::I32Sub => a.wrapping_sub(b),
-                        _ => a.wrapping_mul(b),
-                    }));
-                }
-                Operator::I64Add | Operator::I64Sub | Operator::I64Mul => {
-                    let (Some(Const::I64(b)), Some(Const::I64(a))) = (stack.pop(), stack.pop())
-                    else {
-                        return None;
-                    };
-                    stack.push(Const::I64(match op {
-                        Operator::I64Add => a.wrapping_add(b),
-                        Operator::I64Sub => a.wrapping_sub(b),
-                        _ => a.wrapping_mul(b),
-                    }));
-                }
-                _ => return None,
-            }
-        }
-        match stack.as_slice() {
-            [c] => Some(*c),
-            _ => None,
-        }
+        eval_const(expr, |global| self.const_global(member, global))
     }
 
     /// Builds `M`; returns it and the name under which it exports each
@@ -1039,6 +998,52 @@ impl<'a, 'g> Merge<'a, 'g> {
     }
 }
 
+/// Evaluates a constant expression made of integer constants, `global.get`
+/// (a global's value from `global`, `None` when it does not fold) and
+/// extended-const arithmetic; `None` when anything else appears.
+fn eval_const(
+    expr: &wasmparser::ConstExpr<'_>,
+    mut global: impl FnMut(u32) -> Option<Const>,
+) -> Option<Const> {
+    let mut stack: Vec<Const> = Vec::new();
+    let mut reader = expr.get_operators_reader();
+    loop {
+        let op = reader.read().ok()?;
+        let value = match op {
+            Operator::End => break,
+            Operator::I32Const { value } => Const::I32(value),
+            Operator::I64Const { value } => Const::I64(value),
+            Operator::GlobalGet { global_index } => global(global_index)?,
+            Operator::I32Add | Operator::I32Sub | Operator::I32Mul => {
+                let (Some(Const::I32(b)), Some(Const::I32(a))) = (stack.pop(), stack.pop()) else {
+                    return None;
+                };
+                Const::I32(match op {
+                    Operator::I32Add => a.wrapping_add(b),
+                    Operator::I32Sub => a.wrapping_sub(b),
+                    _ => a.wrapping_mul(b),
+                })
+            }
+            Operator::I64Add | Operator::I64Sub | Operator::I64Mul => {
+                let (Some(Const::I64(b)), Some(Const::I64(a))) = (stack.pop(), stack.pop()) else {
+                    return None;
+                };
+                Const::I64(match op {
+                    Operator::I64Add => a.wrapping_add(b),
+                    Operator::I64Sub => a.wrapping_sub(b),
+                    _ => a.wrapping_mul(b),
+                })
+            }
+            _ => return None,
+        };
+        stack.push(value);
+    }
+    match stack.as_slice() {
+        [c] => Some(*c),
+        _ => None,
+    }
+}
+
 fn kind_prefix(kind: Kind) -> &'static str {
     match kind {
         Kind::Func => "f",
@@ -1106,47 +1111,11 @@ impl Reencode for MemberMap<'_, '_, '_> {
         &mut self,
         expr: wasmparser::ConstExpr,
     ) -> Result<ConstExpr, reencode::Error<Self::Error>> {
-        // Constant globals are already folded; evaluate without mutation.
-        let mut stack: Vec<Const> = Vec::new();
-        let mut foldable = true;
-        let mut reader = expr.get_operators_reader();
-        while let Ok(op) = reader.read() {
-            match op {
-                Operator::End => break,
-                Operator::I32Const { value } => stack.push(Const::I32(value)),
-                Operator::I64Const { value } => stack.push(Const::I64(value)),
-                Operator::GlobalGet { global_index } => match self.folded(global_index) {
-                    Some(c) => stack.push(c),
-                    None => {
-                        foldable = false;
-                        break;
-                    }
-                },
-                Operator::I32Add | Operator::I32Sub | Operator::I32Mul => {
-                    match (stack.pop(), stack.pop()) {
-                        (Some(Const::I32(b)), Some(Const::I32(a))) => {
-                            stack.push(Const::I32(match op {
-                                Operator::I32Add => a.wrapping_add(b),
-                                Operator::I32Sub => a.wrapping_sub(b),
-                                _ => a.wrapping_mul(b),
-                            }))
-                        }
-                        _ => {
-                            foldable = false;
-                            break;
-                        }
-                    }
-                }
-                _ => {
-                    foldable = false;
-                    break;
-                }
-            }
-        }
-        match (foldable, stack.as_slice()) {
-            (true, [Const::I32(v)]) => Ok(ConstExpr::i32_const(*v)),
-            (true, [Const::I64(v)]) => Ok(ConstExpr::i64_const(*v)),
-            _ => reencode::utils::const_expr(self, expr),
+        // Constant globals are already folded: only look them up.
+        match eval_const(&expr, |global| self.folded(global)) {
+            Some(Const::I32(v)) => Ok(ConstExpr::i32_const(v)),
+            Some(Const::I64(v)) => Ok(ConstExpr::i64_const(v)),
+            None => reencode::utils::const_expr(self, expr),
         }
     }
     fn instruction<'x>(

@@ -34,7 +34,8 @@
 //! `M`'s memory and realloc). Canonical lowerings, lifts and the component's
 //! WIT interface are unchanged. A graph that cannot be merged this way (a
 //! cycle through an outside item) is refused with [`FlattenError`], never
-//! emitted half-flattened.
+//! emitted half-flattened; [`link::ensure_component`](super::link::ensure_component)
+//! then runs the linked component as it is.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;

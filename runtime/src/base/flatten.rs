@@ -496,31 +496,11 @@ impl<'a> Member<'a> {
                         m.imports.push(import);
                     }
                 }
-                Payload::FunctionSection(s) => {
-                    for f in s {
-                        m.funcs.push(f?);
-                    }
-                }
-                Payload::TableSection(s) => {
-                    for t in s {
-                        m.tables.push(t?);
-                    }
-                }
-                Payload::MemorySection(s) => {
-                    for t in s {
-                        m.memories.push(t?);
-                    }
-                }
-                Payload::GlobalSection(s) => {
-                    for g in s {
-                        m.globals.push(g?);
-                    }
-                }
-                Payload::TagSection(s) => {
-                    for t in s {
-                        m.tags.push(t?);
-                    }
-                }
+                Payload::FunctionSection(s) => m.funcs.extend(items(s)?),
+                Payload::TableSection(s) => m.tables.extend(items(s)?),
+                Payload::MemorySection(s) => m.memories.extend(items(s)?),
+                Payload::GlobalSection(s) => m.globals.extend(items(s)?),
+                Payload::TagSection(s) => m.tags.extend(items(s)?),
                 Payload::ExportSection(s) => {
                     for e in s {
                         let e = e?;
@@ -529,16 +509,8 @@ impl<'a> Member<'a> {
                     }
                 }
                 Payload::StartSection { func, .. } => m.start = Some(func),
-                Payload::ElementSection(s) => {
-                    for e in s {
-                        m.elements.push(e?);
-                    }
-                }
-                Payload::DataSection(s) => {
-                    for d in s {
-                        m.data.push(d?);
-                    }
-                }
+                Payload::ElementSection(s) => m.elements.extend(items(s)?),
+                Payload::DataSection(s) => m.data.extend(items(s)?),
                 Payload::CodeSectionEntry(body) => m.bodies.push(body),
                 Payload::CustomSection(c) => {
                     if let wasmparser::KnownCustom::Name(reader) = c.as_known() {
@@ -569,6 +541,13 @@ impl<'a> Member<'a> {
             Kind::Tag => self.tags.len(),
         }
     }
+}
+
+/// Every item of a section, or its first error.
+fn items<'a, T: wasmparser::FromReader<'a>>(
+    section: wasmparser::SectionLimited<'a, T>,
+) -> Result<Vec<T>, FlattenError> {
+    Ok(section.into_iter().collect::<Result<Vec<_>, _>>()?)
 }
 
 /// What a member's item resolves to after merging.

@@ -750,8 +750,7 @@ impl Functions {
     /// that reappears later with the same artifact key (an identical
     /// redeploy) finds its snapshot gone and rebuilds it from the source.
     pub(crate) async fn collect_artifacts(&self, grace: Duration) -> Result<usize, FunctionError> {
-        let referenced: std::collections::HashSet<String> =
-            self.list().await?.into_iter().map(|r| r.artifact).collect();
+        let referenced = self.referenced_artifacts().await?;
         let objects = self.store.objects().list("artifacts").await?;
         let now = eryx_preinit::unix_ms();
         let mut candidates = Vec::new();
@@ -789,8 +788,7 @@ impl Functions {
         // these artifacts (an identical redeploy) since the first listing
         // keeps it. A deploy that slips in after this still works: the
         // loader rebuilds a snapshot whose pieces are gone.
-        let referenced: std::collections::HashSet<String> =
-            self.list().await?.into_iter().map(|r| r.artifact).collect();
+        let referenced = self.referenced_artifacts().await?;
         for key in candidates {
             if referenced.contains(&key) {
                 continue;
@@ -800,6 +798,13 @@ impl Functions {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// The artifact keys the functions' records name.
+    async fn referenced_artifacts(
+        &self,
+    ) -> Result<std::collections::HashSet<String>, FunctionError> {
+        Ok(self.list().await?.into_iter().map(|r| r.artifact).collect())
     }
 
     /// Removes `name` (its record; snapshots are content-addressed and kept).

@@ -83,6 +83,20 @@ const DELTA_LEVEL: i32 = 3;
 /// eviction even past the limit (see [`ArtifactStore::with_cache_limit`]).
 const RECENT_USE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Checks that `bytes` have the BLAKE3 `expected`; `what` names them in the error.
+fn verify(what: impl FnOnce() -> String, bytes: &[u8], expected: &str) -> Result<()> {
+    let actual = eryx::content_hash(bytes);
+    if actual != expected {
+        return Err(Error::HashMismatch {
+            what: what(),
+            algorithm: "blake3",
+            expected: expected.to_owned(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// Compresses `target` against `reference` (see [`Delta`]).
 fn encode_delta(reference: &[u8], target: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
@@ -312,8 +326,12 @@ impl ArtifactStore {
     /// stores (tests, a staging and a production store) must not share a
     /// file.
     pub fn cache_path(&self, manifest: &Manifest) -> PathBuf {
-        self.cache_dir
-            .join(format!("{}.{}.cwasm", manifest.key, manifest.blake3))
+        self.cwasm_cache_path(&manifest.key, &manifest.blake3)
+    }
+
+    /// The local cache path of artifact `key`'s `.cwasm` with BLAKE3 `blake3`.
+    fn cwasm_cache_path(&self, key: &str, blake3: &str) -> PathBuf {
+        self.cache_dir.join(format!("{key}.{blake3}.cwasm"))
     }
 
     /// The manifest of artifact `key`, or `None` when it is not published.
@@ -388,24 +406,24 @@ impl ArtifactStore {
         if path.exists() {
             return Ok(self.touch(path));
         }
-        let object = Self::object(key, extension);
-        let bytes = self.objects.get(&object).await?.ok_or_else(|| {
+        let bytes = self
+            .download_verified(&Self::object(key, extension), expected)
+            .await?;
+        self.cache_write(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// Downloads `object`, which a published manifest names and which must
+    /// have the BLAKE3 `expected`.
+    async fn download_verified(&self, object: &str, expected: &str) -> Result<bytes::Bytes> {
+        let bytes = self.objects.get(object).await?.ok_or_else(|| {
             Error::BadManifest(format!(
                 "{}/{object} is missing though its manifest is published",
                 self.location()
             ))
         })?;
-        let actual = eryx::content_hash(&bytes);
-        if actual != expected {
-            return Err(Error::HashMismatch {
-                what: format!("{}/{object}", self.location()),
-                algorithm: "blake3",
-                expected: expected.to_owned(),
-                actual,
-            });
-        }
-        self.cache_write(&path, &bytes)?;
-        Ok(path)
+        verify(|| format!("{}/{object}", self.location()), &bytes, expected)?;
+        Ok(bytes)
     }
 
     /// Rebuilds a `.cwasm` stored as a delta into the cache: the base's
@@ -422,26 +440,13 @@ impl ArtifactStore {
                 &delta.base_key,
                 "cwasm",
                 &delta.base_blake3,
-                self.cache_dir
-                    .join(format!("{}.{}.cwasm", delta.base_key, delta.base_blake3)),
+                self.cwasm_cache_path(&delta.base_key, &delta.base_blake3),
             )
             .await?;
         let object = Self::object(&manifest.key, "cwasm.delta");
-        let stored = self.objects.get(&object).await?.ok_or_else(|| {
-            Error::BadManifest(format!(
-                "{}/{object} is missing though its manifest is published",
-                self.location()
-            ))
-        })?;
-        let actual = eryx::content_hash(&stored);
-        if actual != delta.stored_blake3 {
-            return Err(Error::HashMismatch {
-                what: format!("{}/{object}", self.location()),
-                algorithm: "blake3",
-                expected: delta.stored_blake3.clone(),
-                actual,
-            });
-        }
+        let stored = self
+            .download_verified(&object, &delta.stored_blake3)
+            .await?;
         let size = manifest.size;
         let expected = manifest.blake3.clone();
         let what = format!("{}/{object} (rebuilt)", self.location());
@@ -450,15 +455,7 @@ impl ArtifactStore {
         tokio::task::spawn_blocking(move || -> Result<()> {
             let reference = std::fs::read(&base)?;
             let cwasm = decode_delta(&reference, &stored, size)?;
-            let actual = eryx::content_hash(&cwasm);
-            if actual != expected {
-                return Err(Error::HashMismatch {
-                    what,
-                    algorithm: "blake3",
-                    expected,
-                    actual,
-                });
-            }
+            verify(|| what, &cwasm, &expected)?;
             atomic_write(&target, &cwasm)?;
             Ok(())
         })
@@ -556,15 +553,11 @@ impl ArtifactStore {
             let reference = std::fs::read(&base_path)?;
             let stored = encode_delta(&reference, &cwasm)?;
             let rebuilt = decode_delta(&reference, &stored, cwasm.len() as u64)?;
-            let actual = eryx::content_hash(&rebuilt);
-            if actual != expected {
-                return Err(Error::HashMismatch {
-                    what: "the delta, rebuilt before upload".into(),
-                    algorithm: "blake3",
-                    expected,
-                    actual,
-                });
-            }
+            verify(
+                || "the delta, rebuilt before upload".into(),
+                &rebuilt,
+                &expected,
+            )?;
             Ok((cwasm, stored))
         })
         .await

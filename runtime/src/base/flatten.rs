@@ -177,7 +177,6 @@ struct Graph<'a> {
 struct Probe {
     refs: Vec<(Kind, u32)>,
     instances: Vec<u32>,
-    modules: Vec<u32>,
 }
 
 impl Reencode for Probe {
@@ -207,10 +206,6 @@ impl Reencode for Probe {
 impl ReencodeComponent for Probe {
     fn instance_index(&mut self, i: u32) -> u32 {
         self.instances.push(i);
-        i
-    }
-    fn module_index(&mut self, i: u32) -> u32 {
-        self.modules.push(i);
         i
     }
 }

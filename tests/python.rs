@@ -329,3 +329,79 @@ shlex.split(sysconfig.get_config_var("CONFIG_ARGS"))
         Some("['-C', '--host=wasm32-unknown-wasip2', '--build=x86_64-pc-linux-gnu']")
     );
 }
+
+// --- What the pre-initialization snapshot holds ------------------------------
+
+#[tokio::test]
+async fn a_fresh_instance_holds_nothing_of_the_snapshots_warm_up_and_its_objects_are_immortal() {
+    // The snapshot runs the driver's call paths before it is taken (programs
+    // that define `values` and `fails`) and makes every object then alive
+    // immortal; objects user code makes are counted and freed as usual.
+    let code = "before = sorted(k for k in globals() if not k.startswith('__'))\n\
+        import sys, json, weakref\n\
+        class Box: pass\n\
+        freed = []\n\
+        box = Box()\n\
+        weakref.finalize(box, freed.append, 'box')\n\
+        del box\n\
+        (before, sys._is_immortal(json.dumps), sys._is_immortal(json.__dict__), \
+        sys._is_immortal(Box), sys._is_immortal(freed), freed)";
+    let result = run(code).await;
+    assert_eq!(
+        result.result.as_deref(),
+        Some("([], True, True, False, False, ['box'])")
+    );
+}
+
+#[tokio::test]
+async fn a_loaded_function_starts_in_work_with_its_module_objects_immortal() {
+    // The module moves elsewhere while it is imported; its snapshot still
+    // starts every call in `/work`, and what the import made is immortal.
+    let source = "import os, sys\nos.chdir('/tmp')\nCACHE = {'hits': 0}\n\
+        def handler(event, context):\n    \
+            class Fresh: pass\n    \
+            return {'cwd': os.getcwd(), 'handler': sys._is_immortal(handler), \
+            'cache': sys._is_immortal(CACHE), 'fresh': sys._is_immortal(Fresh)}\n";
+    let mut session = sandbox().session().await.unwrap();
+    eryx_tests::load_function(&mut session, "moves", source).await;
+    let context = eryx::HandlerContext {
+        request_id: "r1".into(),
+        function_name: "moves".into(),
+        function_version: 1,
+    };
+    let out = session.call_handler("{}", &context).await.unwrap();
+    let value: serde_json::Value = serde_json::from_str(&out.result_json).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({"cwd": "/work", "handler": true, "cache": true, "fresh": false})
+    );
+}
+
+#[tokio::test]
+async fn an_instance_sees_exactly_its_own_environment_whatever_the_snapshot_froze() {
+    // The snapshot froze the base environment: an instance given more has it
+    // refreshed, one given the same keeps it as it is; neither sees the other's.
+    let code = "import os\nsorted(os.environ.items())";
+    let base = serde_json::json!([
+        ["PYTHONDONTWRITEBYTECODE", "1"],
+        ["PYTHONHOME", "/python"],
+        ["PYTHONPATH", "/python"],
+        ["TMPDIR", "/tmp"],
+    ]);
+    let mut greeted = base.as_array().unwrap().clone();
+    greeted.insert(0, serde_json::json!(["GREETING", "hi"]));
+    let with_greeting = eryx::Sandbox::builder()
+        .with_runtime(eryx_tests::runtime())
+        .with_env("GREETING", "hi")
+        .build()
+        .unwrap();
+    let plain = sandbox();
+    let json = |result: eryx::ExecuteResult| -> serde_json::Value {
+        serde_json::from_str(result.result_json.as_deref().unwrap()).unwrap()
+    };
+    for _ in 0..2 {
+        let changed = with_greeting.execute(code).await.unwrap();
+        assert_eq!(json(changed), serde_json::Value::Array(greeted.clone()));
+        assert_eq!(json(plain.execute(code).await.unwrap()), base);
+    }
+}

@@ -559,9 +559,8 @@ def _compile(code):
     has_result = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
     if has_result:
         last = tree.body[-1]
-        assign = ast.Assign(targets=[ast.Name(id=_RESULT, ctx=ast.Store())], value=last.value)
-        tree.body[-1] = ast.copy_location(assign, last)
-        ast.fix_missing_locations(tree)
+        target = ast.copy_location(ast.Name(id=_RESULT, ctx=ast.Store()), last)
+        tree.body[-1] = ast.copy_location(ast.Assign(targets=[target], value=last.value), last)
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     return compile(tree, FILENAME, "exec", flags=flags, dont_inherit=True), has_result
 
@@ -768,38 +767,134 @@ def preload(modules):
 
     for name in modules:
         importlib.import_module(name)
-    _freeze()
+    _warm_up()
+    _prepare_snapshot()
 
 
-def _freeze():
-    """Moves every object alive now to the collector's permanent generation,
-    just before a snapshot: collections in the snapshot's instances then never
-    visit (and so never write to) them, which would copy each page they live on."""
+# What `_warm_up` runs: output through the captured streams, a final
+# expression (its `repr` and JSON), and an exception with its traceback.
+_WARM_UP_PROGRAMS = (
+    "print('', end='')\n",
+    "values = [n * 2 for n in range(8)]\n{'total': sum(values), 'last': values[-1]}\n",
+    "def fails():\n    raise ValueError('warm-up')\nfails()\n",
+)
+_WARM_UP_EVENT = '{"name": "warm-up", "items": [1, 2.5, "x", null, true]}'
+_WARM_UP_CONTEXT = '{"request_id": "", "function_name": "", "function_version": 0, "timeout_ms": 1000}'
+
+
+def _warm_up():
+    """Runs the call paths of `execute` and `call_handler` a few times, in a
+    scratch namespace, before the snapshot is taken: what CPython does on the
+    first run of code — the specializing interpreter rewriting the bytecode of
+    the driver's functions, type attribute caches filling, modules imported on
+    first use (`traceback`) — is then done once in the snapshot instead of in
+    every instance made from it. Nothing reaches the host: the programs write
+    no bytes, and nothing they define is kept."""
+    import linecache
+
+    global _NAMESPACE, _HANDLER
+    saved = _NAMESPACE, _HANDLER
+    options = (0, False, False)
+    try:
+        # CPython specializes an instruction after it has run a few times.
+        for _ in range(4):
+            for program in _WARM_UP_PROGRAMS:
+                _NAMESPACE = {"__name__": "__main__"}
+                execute(program, options)
+            _HANDLER = lambda event, context: {"event": event, "left": context.remaining_time_ms()}
+            call_handler(_WARM_UP_EVENT, _WARM_UP_CONTEXT, options)
+    finally:
+        _NAMESPACE, _HANDLER = saved
+        linecache.cache.pop(FILENAME, None)
+
+
+# The environment as `KEY=VALUE` strings when the snapshot was taken (set by
+# `_prepare_snapshot`): an instance whose host gives the same needs no refresh.
+_SNAPSHOT_ENVIRON = None
+
+
+def _prepare_snapshot():
+    """Readies the instance for a snapshot (after `preload`, or a function's
+    `load_function`). Every instance made from it then starts in the host's
+    writable, in-memory working directory (`/work`, `/tmp` beside it; libc
+    keeps the directory as a path, so it survives the snapshot). The
+    environment is recorded for `after_restore`. Every object alive now is
+    made immortal (`_immortalize_all`) and what the collector still tracks
+    moves to its permanent generation: collections in the snapshot's instances
+    never visit (and so never write to) them, which would copy each page they
+    live on."""
     import gc
 
-    gc.collect()
-    gc.freeze()
-
-
-def after_restore(environment):
-    """Refreshes, in an instance made from a pre-initialization snapshot, what
-    the snapshot froze: the environment (`KEY=VALUE` strings from the host) and
-    the seed of `random`'s global generator, so instances do not share it."""
-    import os
-
-    os.environ.clear()
-    for entry in environment:
-        key, _, value = entry.partition("=")
-        os.environ[key] = value
-    if "random" in sys.modules:
-        sys.modules["random"].seed()
-    _apply_paths()
-    # The instance's own writable, in-memory working directory (the host's
-    # `/work`; `/tmp` beside it).
+    global _SNAPSHOT_ENVIRON
     try:
         os.chdir("/work")
     except OSError:
         pass
+    _SNAPSHOT_ENVIRON = [f"{key}={value}" for key, value in os.environ.items()]
+    gc.collect()
+    _immortalize_all()
+    gc.freeze()
+
+
+def _immortalize_all():
+    """Makes every object alive now immortal: what the collector tracks, and
+    everything reachable from it (`gc.get_referents`, and code objects'
+    constants). Instances made from the snapshot then take and drop references
+    to these objects without writing to them, so the pages they live on are
+    not copied (PEP 683 gives the same reason: sharing objects between
+    processes without copy-on-write). They are never freed, which costs
+    nothing in an instance that lives for one request; in a session they are
+    what the snapshot holds anyway."""
+    import gc
+
+    is_immortal = sys._is_immortal
+    found = gc.get_objects()
+    seen = set(map(id, found))
+    seen.add(id(found))
+    seen.add(id(seen))
+    i = 0
+    while i < len(found):
+        obj = found[i]
+        i += 1
+        refs = gc.get_referents(obj)
+        if type(obj) is types.CodeType:
+            refs.append(obj.co_consts)
+        for ref in refs:
+            # What is immortal already (a base snapshot's objects, under a
+            # function's snapshot) is not walked again.
+            if id(ref) not in seen and not is_immortal(ref):
+                seen.add(id(ref))
+                found.append(ref)
+    return _host.immortalize(found)
+
+
+def after_restore(environment):
+    """Refreshes, in an instance made from a pre-initialization snapshot, what
+    the snapshot froze: the environment (`KEY=VALUE` strings from the host;
+    nothing to do when they are the snapshot's own) and the seed of `random`'s
+    global generator, so instances do not share it. The working directory
+    (`/work`) was set before the snapshot (`_prepare_snapshot`)."""
+    if environment != _SNAPSHOT_ENVIRON:
+        _refresh_environ(environment)
+    if "random" in sys.modules:
+        # 256 bits from the host's CSPRNG: as many as the generator can use
+        # from a seed, for a fraction of `seed()`'s 2,496-byte read.
+        sys.modules["random"].seed(int.from_bytes(os.urandom(32), "little"))
+
+
+def _refresh_environ(environment):
+    """Makes `os.environ` hold exactly `environment` (`KEY=VALUE` strings),
+    changing only what differs, and applies its `ERYX_PATHS`."""
+    fresh = {}
+    for entry in environment:
+        key, _, value = entry.partition("=")
+        fresh[key] = value
+    for key in [key for key in os.environ if key not in fresh]:
+        del os.environ[key]
+    for key, value in fresh.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+    _apply_paths()
 
 
 def _apply_paths():
@@ -879,7 +974,7 @@ def load_function(module_name, source, handler_name):
         _NAMESPACE_NAME = module_name
         _ORIGINALS = tuple(module.__dict__.values())
         _ORIGINAL_IDS = frozenset(map(id, _ORIGINALS))
-        _freeze()
+        _prepare_snapshot()
         return ("ok", out.getvalue(), err.getvalue(), None, None)
     finally:
         sys.stdout, sys.stderr = saved

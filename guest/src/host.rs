@@ -25,6 +25,7 @@ pub fn install() -> PyResult<()> {
             (c"net_readable", net_readable),
             (c"net_close", net_close),
             (c"pbkdf2_hmac", pbkdf2_hmac),
+            (c"immortalize", immortalize),
         ],
     )
 }
@@ -278,4 +279,11 @@ fn pbkdf2_hmac(args: &[Obj]) -> PyResult<Obj> {
     };
     derive(&password, &salt, rounds, &mut key).map_err(|e| e.to_string())?;
     Obj::bytes(&key)
+}
+
+/// `immortalize(objects)` → how many: makes every object of the list
+/// immortal (see [`Obj::immortalize_items`]), before a snapshot.
+fn immortalize(args: &[Obj]) -> PyResult<Obj> {
+    let count = arg(args, 0)?.immortalize_items()?;
+    Obj::int(count as u64)
 }

@@ -17,6 +17,10 @@ pub struct Setup {
     pub cwasm: (PathBuf, String),
     /// The component that runs (flattened), before pre-initialization (`.wasm`).
     pub component: PathBuf,
+    /// The link step's artifacts (both components, the standard library).
+    pub artifacts: eryx::base::Artifacts,
+    /// The data directory the artifacts are cached in.
+    pub data_dir: PathBuf,
     /// The base made the same way from the linked, unflattened component.
     pub linked: eryx::Runtime,
     pub stdlib_dir: PathBuf,
@@ -54,8 +58,10 @@ pub fn setup() -> Setup {
         ),
         engine,
         runtime,
-        component: component.component,
-        stdlib_dir: component.stdlib_dir,
+        component: component.component.clone(),
+        stdlib_dir: component.stdlib_dir.clone(),
+        artifacts: component,
+        data_dir,
         tokio,
     }
 }
@@ -67,15 +73,28 @@ async fn linked_runtime(
     engine: &eryx::Engine,
     component: &eryx::base::Artifacts,
 ) -> eryx::Runtime {
+    precompiled_runtime(data_dir, engine, component, &component.linked, "linked").await
+}
+
+/// The base pre-initialized from `wasm` (one of `component`'s) and
+/// precompiled for `engine`, cached in the data directory as
+/// `cache/bench/{tag}-{key}-{engine}.cwasm`.
+pub async fn precompiled_runtime(
+    data_dir: &std::path::Path,
+    engine: &eryx::Engine,
+    component: &eryx::base::Artifacts,
+    wasm: &std::path::Path,
+    tag: &str,
+) -> eryx::Runtime {
     let dir = data_dir.join("cache").join("bench");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!(
-        "linked-{}-{}.cwasm",
+        "{tag}-{}-{}.cwasm",
         component.key,
         &engine.fingerprint()[..16]
     ));
     if !path.exists() {
-        let wasm = std::fs::read(&component.linked).unwrap();
+        let wasm = std::fs::read(wasm).unwrap();
         let modules: Vec<String> = eryx::base::PRELOAD_MODULES
             .iter()
             .map(|m| (*m).to_owned())

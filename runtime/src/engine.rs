@@ -89,6 +89,17 @@ pub struct EngineOptions {
     /// value while swap is active. Pooling settings do not change compiled
     /// code.
     pub keep_resident_bytes: usize,
+    /// Whether compiled code checks the engine's epoch at function entries and
+    /// loop back-edges (wasmtime's `epoch_interruption`; default on). The
+    /// checks are what stops a call at its timeout and what makes a busy call
+    /// yield its executor thread every few milliseconds. Without them a call
+    /// runs until it returns: a sandbox with a timeout is refused
+    /// ([`Error::Config`]), and nothing can stop a runaway loop, so turning it
+    /// off is only for trusted code or for measuring what the checks cost
+    /// (`benches/cpu.rs`). It changes compiled code (another engine
+    /// fingerprint, so another artifact). Pre-initialization keeps the checks
+    /// whatever this says, so import timeouts of function snapshots hold.
+    pub epoch_interruption: bool,
 }
 
 impl Default for EngineOptions {
@@ -100,6 +111,7 @@ impl Default for EngineOptions {
             signing_key: None,
             fuel_metering: false,
             keep_resident_bytes: 0,
+            epoch_interruption: true,
         }
     }
 }
@@ -120,6 +132,12 @@ impl EngineOptions {
     /// Sets [`keep_resident_bytes`](EngineOptions::keep_resident_bytes).
     pub fn with_keep_resident_bytes(mut self, bytes: usize) -> Self {
         self.keep_resident_bytes = bytes;
+        self
+    }
+
+    /// Sets [`epoch_interruption`](EngineOptions::epoch_interruption).
+    pub fn with_epoch_interruption(mut self, on: bool) -> Self {
+        self.epoch_interruption = on;
         self
     }
 
@@ -159,13 +177,17 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Settings that decide how code is compiled; artifacts must agree on them.
-fn base_config(cache: Option<&Arc<dyn wasmtime::CacheStore>>, fuel: bool) -> Result<Config> {
+fn base_config(
+    cache: Option<&Arc<dyn wasmtime::CacheStore>>,
+    fuel: bool,
+    epoch: bool,
+) -> Result<Config> {
     let mut config = Config::new();
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     config.consume_fuel(fuel);
     // Timeouts: compiled code checks the engine's epoch at function entries
     // and loop back-edges, and traps once its store's deadline has passed.
-    config.epoch_interruption(true);
+    config.epoch_interruption(epoch);
     if let Some(cache) = cache {
         config
             .enable_incremental_compilation(cache.clone())
@@ -238,7 +260,11 @@ impl Engine {
             }
             (None, _) => None,
         };
-        let mut config = base_config(cache.as_ref(), options.fuel_metering)?;
+        let mut config = base_config(
+            cache.as_ref(),
+            options.fuel_metering,
+            options.epoch_interruption,
+        )?;
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let inner = wasmtime::Engine::new(&config)
             .map_err(|e| Error::Config(format!("creating the engine: {e:#}")))?;
@@ -259,11 +285,13 @@ impl Engine {
 
     /// An engine with the same compiled-code settings (and compile cache) but
     /// without the instance pool, for instances made once, such as the ones
-    /// wizer snapshots.
+    /// wizer snapshots; its code always checks the epoch (see
+    /// [`EngineOptions::epoch_interruption`]), so import timeouts hold.
     pub(crate) fn unpooled(&self) -> Result<wasmtime::Engine> {
         let engine = wasmtime::Engine::new(&base_config(
             self.cache.as_ref(),
             self.options.fuel_metering,
+            true,
         )?)
         .map_err(Error::from_wasmtime)?;
         start_epoch_ticker(&engine);

@@ -61,6 +61,27 @@ pub(crate) struct Settings {
     pub(crate) network: crate::NetworkPolicy,
 }
 
+impl Settings {
+    /// Refuses limits that `engine`'s compiled code cannot enforce: a fuel
+    /// limit without fuel metering, a timeout without epoch interruption.
+    fn check_engine(&self, engine: &crate::EngineOptions) -> Result<()> {
+        if self.fuel.is_some() && !engine.fuel_metering {
+            return Err(crate::Error::Config(
+                "a fuel limit needs a runtime on an engine with EngineOptions::with_fuel_metering(true)"
+                    .into(),
+            ));
+        }
+        if self.timeout.is_some() && !engine.epoch_interruption {
+            return Err(crate::Error::Config(
+                "a timeout needs a runtime on an engine with epoch interruption \
+                 (EngineOptions::epoch_interruption, on by default)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
@@ -518,9 +539,12 @@ impl SandboxBuilder {
     /// identifiers; a package that is not a pure-Python wheel (see
     /// [`with_package`](Self::with_package)), or
     /// [`with_preload`](Self::with_preload) on a runtime without a snapshot
-    /// file, or a fuel limit on an engine that does not meter fuel; [`Error::Preinit`](crate::Error::Preinit) when a preloaded
-    /// module does not import. [`Error::Io`](crate::Error::Io) when a
-    /// library or package cannot be written to the data directory.
+    /// file, a fuel limit on an engine that does not meter fuel, or a timeout
+    /// on an engine without
+    /// [`epoch_interruption`](crate::EngineOptions::epoch_interruption);
+    /// [`Error::Preinit`](crate::Error::Preinit) when a preloaded module does
+    /// not import. [`Error::Io`](crate::Error::Io) when a library or package
+    /// cannot be written to the data directory.
     pub fn build(mut self) -> Result<Sandbox> {
         for (key, value) in &self.settings.env {
             crate::bindings::check_env(key, value)?;
@@ -555,12 +579,7 @@ impl SandboxBuilder {
             Some(runtime) => runtime,
             None => Runtime::shared()?,
         };
-        if self.settings.fuel.is_some() && !runtime.engine().options().fuel_metering {
-            return Err(crate::Error::Config(
-                "a fuel limit needs a runtime on an engine with EngineOptions::with_fuel_metering(true)"
-                    .into(),
-            ));
-        }
+        self.settings.check_engine(runtime.engine().options())?;
         if !self.preload.is_empty() {
             runtime = crate::base::shared::preloaded(
                 &runtime,
@@ -593,4 +612,34 @@ pub struct ExecuteResult {
     /// Wall-clock time of the execution inside the instance (excluding
     /// instance creation).
     pub duration: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_the_engine_cannot_enforce_are_refused_at_build() {
+        let settings = Sandbox::builder().settings;
+        let default = crate::EngineOptions::default();
+        let unchecked = crate::EngineOptions::default().with_epoch_interruption(false);
+        let metered = crate::EngineOptions::default().with_fuel_metering(true);
+        let mut timed = settings.clone();
+        timed.timeout = Some(Duration::from_secs(1));
+        let mut fueled = settings.clone();
+        fueled.fuel = Some(1_000);
+
+        assert!(settings.check_engine(&default).is_ok());
+        assert!(settings.check_engine(&unchecked).is_ok());
+        assert!(timed.check_engine(&default).is_ok());
+        assert!(matches!(
+            timed.check_engine(&unchecked),
+            Err(crate::Error::Config(_))
+        ));
+        assert!(matches!(
+            fueled.check_engine(&default),
+            Err(crate::Error::Config(_))
+        ));
+        assert!(fueled.check_engine(&metered).is_ok());
+    }
 }

@@ -1,0 +1,108 @@
+//! What the engine's configuration costs CPU-bound Python, side by side in one
+//! run: the same pre-initialized base compiled for the default engine (epoch
+//! checks at function entries and loop back-edges, which timeouts and yielding
+//! rely on), for an engine without them (never for untrusted code: nothing can
+//! stop its calls), and for one that meters fuel. Each sample is one fresh
+//! instance running one program to completion. Bounds checks are not a
+//! variable here: every engine reserves 4 GiB per memory with a 32 MiB guard,
+//! so Cranelift elides them. `cargo bench -p eryx-benches --bench cpu`; the
+//! figures are in `benches/README.md`.
+
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "common.rs"]
+mod common;
+
+/// Small pyperformance-style programs, each ending in an expression whose
+/// value is checked once per engine (so every variant computes the same).
+const PROGRAMS: &[(&str, &str, &str)] = &[
+    (
+        "fib_22",
+        "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\nfib(22)",
+        "17711",
+    ),
+    (
+        "loop_300k",
+        "total = 0\nfor i in range(300_000):\n    total += i * i % 7\ntotal",
+        "599998",
+    ),
+    (
+        "nbody_2k",
+        "bodies = [[0.0, 0.0, 0.0, 0.0, 39.47], [4.84, -1.16, -0.10, 0.60, 0.037], \
+         [8.34, 4.12, -0.40, -1.01, 0.011], [12.89, -15.11, -0.22, 1.08, 0.0017]]\n\
+         for _ in range(2_000):\n    \
+             for i, a in enumerate(bodies):\n        \
+                 for b in bodies[i + 1:]:\n            \
+                     dx, dy = a[0] - b[0], a[1] - b[1]\n            \
+                     mag = 0.01 / (dx * dx + dy * dy + 0.01) ** 1.5\n            \
+                     a[2] -= dx * b[4] * mag; a[3] -= dy * b[4] * mag\n            \
+                     b[2] += dx * a[4] * mag; b[3] += dy * a[4] * mag\n    \
+             for body in bodies:\n        \
+                 body[0] += 0.01 * body[2]; body[1] += 0.01 * body[3]\n\
+         len(bodies)",
+        "4",
+    ),
+    (
+        "dict_str_50k",
+        "d = {}\nfor i in range(50_000):\n    d[str(i)] = i\nsum(len(k) for k in d)",
+        "238890",
+    ),
+];
+
+fn benches(c: &mut Criterion) {
+    let setup = common::setup();
+    let variant = |options: eryx::EngineOptions, tag: &str| {
+        let engine = eryx::Engine::new(options.with_pool_size(8)).unwrap();
+        setup.tokio.block_on(common::precompiled_runtime(
+            &setup.data_dir,
+            &engine,
+            &setup.artifacts,
+            &setup.artifacts.component,
+            tag,
+        ))
+    };
+    let engines = [
+        ("epoch", setup.runtime.clone()),
+        (
+            "no_epoch",
+            variant(
+                eryx::EngineOptions::default().with_epoch_interruption(false),
+                "no-epoch",
+            ),
+        ),
+        (
+            "fuel",
+            variant(
+                eryx::EngineOptions::default().with_fuel_metering(true),
+                "fuel",
+            ),
+        ),
+    ];
+    let mut group = c.benchmark_group("cpu");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4));
+    for (program, code, expected) in PROGRAMS {
+        for (engine, runtime) in &engines {
+            let sandbox = eryx::Sandbox::builder()
+                .with_runtime(runtime)
+                .build()
+                .unwrap();
+            let ran = setup.tokio.block_on(sandbox.execute(code)).unwrap();
+            assert_eq!(
+                ran.result.as_deref(),
+                Some(*expected),
+                "{program} on {engine}"
+            );
+            group.bench_function(format!("{program}/{engine}"), |b| {
+                b.iter(|| setup.tokio.block_on(sandbox.execute(code)).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(cpu, benches);
+criterion_main!(cpu);

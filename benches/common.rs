@@ -77,8 +77,9 @@ async fn linked_runtime(
 }
 
 /// The base pre-initialized from `wasm` (one of `component`'s) and
-/// precompiled for `engine`, cached in the data directory as
-/// `cache/bench/{tag}-{key}-{engine}.cwasm`.
+/// precompiled for `engine`. Both are cached in the data directory: the
+/// snapshot as `cache/bench/{tag}-{key}.wasm` (so every engine compiles the
+/// same snapshot), the artifact as `cache/bench/{tag}-{key}-{engine}.cwasm`.
 pub async fn precompiled_runtime(
     data_dir: &std::path::Path,
     engine: &eryx::Engine,
@@ -88,12 +89,8 @@ pub async fn precompiled_runtime(
 ) -> eryx::Runtime {
     let dir = data_dir.join("cache").join("bench");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!(
-        "{tag}-{}-{}.cwasm",
-        component.key,
-        &engine.fingerprint()[..16]
-    ));
-    if !path.exists() {
+    let snapshot_path = dir.join(format!("{tag}-{}.wasm", component.key));
+    if !snapshot_path.exists() {
         let wasm = std::fs::read(wasm).unwrap();
         let modules: Vec<String> = eryx::base::PRELOAD_MODULES
             .iter()
@@ -103,7 +100,17 @@ pub async fn precompiled_runtime(
             .preinitialize(&wasm, &component.stdlib_dir, &modules)
             .await
             .unwrap();
-        let cwasm = engine.precompile(&snapshot).unwrap();
+        std::fs::write(&snapshot_path, snapshot).unwrap();
+    }
+    let path = dir.join(format!(
+        "{tag}-{}-{}.cwasm",
+        component.key,
+        &engine.fingerprint()[..16]
+    ));
+    if !path.exists() {
+        let cwasm = engine
+            .precompile(&std::fs::read(&snapshot_path).unwrap())
+            .unwrap();
         std::fs::write(&path, cwasm).unwrap();
     }
     let hash = eryx::content_hash(&std::fs::read(&path).unwrap());

@@ -1,9 +1,10 @@
 //! What the engine's configuration costs CPU-bound Python, side by side in one
-//! run: the same pre-initialized base compiled for the default engine (epoch
-//! checks at function entries and loop back-edges, which timeouts and yielding
-//! rely on), for an engine without them (never for untrusted code: nothing can
-//! stop its calls), and for one that meters fuel. Each sample is one fresh
-//! instance running one program to completion. Bounds checks are not a
+//! run: one pre-initialized base snapshot compiled for three engines of the
+//! same pool size — the default (epoch checks at function entries and loop
+//! back-edges, which timeouts and yielding rely on), one without them (never
+//! for untrusted code: nothing can stop its calls), and one that also meters
+//! fuel (epoch checks plus fuel). Each sample is one fresh instance running
+//! one program to completion. Bounds checks are not a
 //! variable here: every engine reserves 4 GiB per memory with a 32 MiB guard,
 //! so Cranelift elides them. `cargo bench -p eryx-benches --bench cpu`; the
 //! figures are in `benches/README.md`.
@@ -41,8 +42,8 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
                      b[2] += dx * a[4] * mag; b[3] += dy * a[4] * mag\n    \
              for body in bodies:\n        \
                  body[0] += 0.01 * body[2]; body[1] += 0.01 * body[3]\n\
-         len(bodies)",
-        "4",
+         round(sum(b[0] + b[1] for b in bodies), 6)",
+        "-9.904149",
     ),
     (
         "dict_str_50k",
@@ -53,31 +54,26 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
 
 fn benches(c: &mut Criterion) {
     let setup = common::setup();
-    let variant = |options: eryx::EngineOptions, tag: &str| {
+    // One snapshot (tag "cpu"), compiled for each engine.
+    let variant = |options: eryx::EngineOptions| {
         let engine = eryx::Engine::new(options.with_pool_size(8)).unwrap();
         setup.tokio.block_on(common::precompiled_runtime(
             &setup.data_dir,
             &engine,
             &setup.artifacts,
             &setup.artifacts.component,
-            tag,
+            "cpu",
         ))
     };
     let engines = [
-        ("epoch", setup.runtime.clone()),
+        ("epoch", variant(eryx::EngineOptions::default())),
         (
             "no_epoch",
-            variant(
-                eryx::EngineOptions::default().with_epoch_interruption(false),
-                "no-epoch",
-            ),
+            variant(eryx::EngineOptions::default().with_epoch_interruption(false)),
         ),
         (
             "fuel",
-            variant(
-                eryx::EngineOptions::default().with_fuel_metering(true),
-                "fuel",
-            ),
+            variant(eryx::EngineOptions::default().with_fuel_metering(true)),
         ),
     ];
     let mut group = c.benchmark_group("cpu");

@@ -104,6 +104,66 @@ async fn module_globals_do_not_leak_between_requests() {
     }
 }
 
+/// Moves and sets a variable while imported; the handler reports what its
+/// call starts with.
+const SETTLES: &str = "import os, random, sys\nos.chdir('/tmp')\nos.environ['SET_AT_IMPORT'] = '1'\n\
+CACHE = {'hits': 0}\n\
+def handler(event, context):\n    \
+    class Fresh: pass\n    \
+    return {'cwd': os.getcwd(), 'set_at_import': os.environ.get('SET_AT_IMPORT'), \
+'greeting': os.environ.get('GREETING'), 'cache_immortal': sys._is_immortal(CACHE), \
+'fresh_immortal': sys._is_immortal(Fresh), 'draw': random.random()}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_starts_in_work_with_the_functions_environment_both_interim_and_from_its_snapshot() {
+    // Interim (the module imported into a live base instance per request) and
+    // from the compiled snapshot, a call starts the same way: in `/work`, with
+    // exactly the function's environment (what the import set is gone). Only
+    // the snapshot makes the module's objects immortal; a live instance never
+    // does. Each instance has its own `random` seed.
+    let gw = TestGateway::start(Config::new()).await;
+    let (status, body) = gw
+        .deploy_with("settles", SETTLES, json!({"env": {"GREETING": "hi"}}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut seen = std::collections::HashSet::new();
+    for compiled in [false, true] {
+        if compiled {
+            gw.wait_compiled("settles").await;
+        }
+        let before = gw.info("settles").await["serving"].clone();
+        let (status, body) = gw.invoke("settles", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        let after = gw.info("settles").await["serving"].clone();
+        assert_eq!(body["cwd"], "/work", "{body}");
+        assert_eq!(body["set_at_import"], json!(null), "{body}");
+        assert_eq!(body["greeting"], "hi", "{body}");
+        assert_eq!(body["fresh_immortal"], false, "{body}");
+        // The interim call may race the compile; judge it by what served it.
+        if before == after {
+            assert_eq!(
+                body["cache_immortal"],
+                before == "snapshot",
+                "{before}: {body}"
+            );
+            seen.insert(before.as_str().unwrap_or("").to_owned());
+        }
+    }
+    assert!(seen.contains("snapshot"), "{seen:?}");
+    let mut draws = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let (status, body) = gw.invoke("settles", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["greeting"], "hi", "{body}");
+        draws.insert(body["draw"].to_string());
+    }
+    assert_eq!(
+        draws.len(),
+        3,
+        "random repeated across instances: {draws:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_invocations_succeed_and_are_isolated() {
     let gw = TestGateway::start(Config::new()).await;

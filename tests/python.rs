@@ -354,26 +354,31 @@ async fn a_fresh_instance_holds_nothing_of_the_snapshots_warm_up_and_its_objects
 }
 
 #[tokio::test]
-async fn a_loaded_function_starts_in_work_with_its_module_objects_immortal() {
-    // The module moves elsewhere while it is imported; its snapshot still
-    // starts every call in `/work`, and what the import made is immortal.
+async fn a_function_loaded_into_a_live_session_is_not_made_immortal() {
+    // Only a snapshot's objects are made immortal (they are never freed): a
+    // session that loads a function keeps counting and freeing its objects,
+    // including the globals of earlier executes. Its calls start in `/work`.
     let source = "import os, sys\nos.chdir('/tmp')\nCACHE = {'hits': 0}\n\
         def handler(event, context):\n    \
-            class Fresh: pass\n    \
-            return {'cwd': os.getcwd(), 'handler': sys._is_immortal(handler), \
-            'cache': sys._is_immortal(CACHE), 'fresh': sys._is_immortal(Fresh)}\n";
+            import __main__\n    \
+            return {'cwd': os.getcwd(), 'cache': sys._is_immortal(CACHE), \
+            'earlier': sys._is_immortal(__main__.EARLIER)}\n";
     let mut session = sandbox().session().await.unwrap();
-    eryx_tests::load_function(&mut session, "moves", source).await;
+    session
+        .execute("EARLIER = ['from an execute']")
+        .await
+        .unwrap();
+    eryx_tests::load_function(&mut session, "live", source).await;
     let context = eryx::HandlerContext {
         request_id: "r1".into(),
-        function_name: "moves".into(),
+        function_name: "live".into(),
         function_version: 1,
     };
     let out = session.call_handler("{}", &context).await.unwrap();
     let value: serde_json::Value = serde_json::from_str(&out.result_json).unwrap();
     assert_eq!(
         value,
-        serde_json::json!({"cwd": "/work", "handler": true, "cache": true, "fresh": false})
+        serde_json::json!({"cwd": "/work", "cache": false, "earlier": false})
     );
 }
 
@@ -399,9 +404,9 @@ async fn an_instance_sees_exactly_its_own_environment_whatever_the_snapshot_froz
     let json = |result: eryx::ExecuteResult| -> serde_json::Value {
         serde_json::from_str(result.result_json.as_deref().unwrap()).unwrap()
     };
-    for _ in 0..2 {
-        let changed = with_greeting.execute(code).await.unwrap();
-        assert_eq!(json(changed), serde_json::Value::Array(greeted.clone()));
-        assert_eq!(json(plain.execute(code).await.unwrap()), base);
-    }
+    // Each call is a fresh instance of the same snapshot, in either order.
+    assert_eq!(json(plain.execute(code).await.unwrap()), base);
+    let changed = with_greeting.execute(code).await.unwrap();
+    assert_eq!(json(changed), serde_json::Value::Array(greeted));
+    assert_eq!(json(plain.execute(code).await.unwrap()), base);
 }

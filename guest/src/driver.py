@@ -768,7 +768,7 @@ def preload(modules):
     for name in modules:
         importlib.import_module(name)
     _warm_up()
-    _prepare_snapshot()
+    prepare_snapshot()
 
 
 # What `_warm_up` runs: output through the captured streams, a final
@@ -808,77 +808,59 @@ def _warm_up():
         linecache.cache.pop(FILENAME, None)
 
 
-# The environment as `KEY=VALUE` strings when the snapshot was taken (set by
-# `_prepare_snapshot`): an instance whose host gives the same needs no refresh.
+# The environment as `KEY=VALUE` strings when `reset_for_snapshot` re-armed
+# `after_restore` (set by `_arm_restore`): an instance whose host gives the
+# same needs no refresh.
 _SNAPSHOT_ENVIRON = None
 
 
-def _prepare_snapshot():
-    """Readies the instance for a snapshot (after `preload`, or a function's
-    `load_function`). Every instance made from it then starts in the host's
-    writable, in-memory working directory (`/work`, `/tmp` beside it; libc
-    keeps the directory as a path, so it survives the snapshot). The
-    environment is recorded for `after_restore`. Every object alive now is
-    made immortal (`_immortalize_all`) and what the collector still tracks
-    moves to its permanent generation: collections in the snapshot's instances
-    never visit (and so never write to) them, which would copy each page they
-    live on."""
-    import gc
-
+def _arm_restore():
+    """What the next `after_restore` starts from, set at the end of `preload`
+    and `load_function` (after which the host snapshots the instance, or a
+    live session calls on): every call then starts in the host's writable,
+    in-memory working directory (`/work`, `/tmp` beside it; libc keeps the
+    directory as a path, so it survives a snapshot), the host's paths
+    (`ERYX_PATHS`) are on `sys.path` even if an import removed one, and the
+    environment is recorded for comparison."""
     global _SNAPSHOT_ENVIRON
     try:
         os.chdir("/work")
     except OSError:
         pass
+    _apply_paths()
     _SNAPSHOT_ENVIRON = [f"{key}={value}" for key, value in os.environ.items()]
-    gc.collect()
-    _immortalize_all()
-    gc.freeze()
 
 
-def _immortalize_all():
-    """Makes every object alive now immortal: what the collector tracks, and
-    everything reachable from it (`gc.get_referents`, and code objects'
-    constants). Instances made from the snapshot then take and drop references
-    to these objects without writing to them, so the pages they live on are
-    not copied (PEP 683 gives the same reason: sharing objects between
-    processes without copy-on-write). They are never freed, which costs
-    nothing in an instance that lives for one request; in a session they are
-    what the snapshot holds anyway."""
+def prepare_snapshot():
+    """Readies the instance for a snapshot (the base's in `preload`, a
+    function's from the host's `prepare-snapshot`). Garbage is collected, then
+    every object alive, and what it reaches, is made immortal (the guest's
+    `immortal` module walks them): instances made from the snapshot take and
+    drop references to them without writing to them, so the pages they live
+    on are not copied (PEP 683 gives the same reason: sharing objects between
+    processes without copy-on-write). They are never freed, which is why live
+    sessions never do this. What the collector still tracks then moves to its
+    permanent generation, so collections in the instances never visit it."""
     import gc
 
-    is_immortal = sys._is_immortal
-    found = gc.get_objects()
-    seen = set(map(id, found))
-    seen.add(id(found))
-    seen.add(id(seen))
-    i = 0
-    while i < len(found):
-        obj = found[i]
-        i += 1
-        refs = gc.get_referents(obj)
-        if type(obj) is types.CodeType:
-            refs.append(obj.co_consts)
-        for ref in refs:
-            # What is immortal already (a base snapshot's objects, under a
-            # function's snapshot) is not walked again.
-            if id(ref) not in seen and not is_immortal(ref):
-                seen.add(id(ref))
-                found.append(ref)
-    return _host.immortalize(found)
+    gc.collect()
+    _host.immortalize(gc.get_objects())
+    gc.freeze()
+    # Last: a finalizer run by the collection may have changed the environment.
+    _arm_restore()
 
 
 def after_restore(environment):
     """Refreshes, in an instance made from a pre-initialization snapshot, what
     the snapshot froze: the environment (`KEY=VALUE` strings from the host;
-    nothing to do when they are the snapshot's own) and the seed of `random`'s
-    global generator, so instances do not share it. The working directory
-    (`/work`) was set before the snapshot (`_prepare_snapshot`)."""
+    nothing to do when they are the ones `_arm_restore` recorded) and the seed
+    of `random`'s global generator, so instances do not share it. The working
+    directory (`/work`) was set by `_arm_restore`."""
     if environment != _SNAPSHOT_ENVIRON:
         _refresh_environ(environment)
     if "random" in sys.modules:
-        # 256 bits from the host's CSPRNG: as many as the generator can use
-        # from a seed, for a fraction of `seed()`'s 2,496-byte read.
+        # 256 bits from the host's CSPRNG (`seed()` reads 2,496 bytes, which
+        # cost ≈4× as much here); the generator is not cryptographic either way.
         sys.modules["random"].seed(int.from_bytes(os.urandom(32), "little"))
 
 
@@ -974,7 +956,7 @@ def load_function(module_name, source, handler_name):
         _NAMESPACE_NAME = module_name
         _ORIGINALS = tuple(module.__dict__.values())
         _ORIGINAL_IDS = frozenset(map(id, _ORIGINALS))
-        _prepare_snapshot()
+        _arm_restore()
         return ("ok", out.getvalue(), err.getvalue(), None, None)
     finally:
         sys.stdout, sys.stderr = saved

@@ -9,7 +9,9 @@ const ERROR_KINDS: [&str; 3] = ["syntax", "exception", "exit"];
 
 /// Runs the export `name`; returns its result value (`None` for no result).
 pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
-    if crate::wasi::take_restored() {
+    // `prepare-snapshot` follows `load-function` in an instance that is only
+    // snapshotted: the refresh belongs to the instances made from it.
+    if name != "prepare-snapshot" && crate::wasi::take_restored() {
         // First call in an instance made from a pre-initialization snapshot:
         // the environment and the `random` seed were frozen in it.
         let environment = crate::wasi::host_environment();
@@ -64,7 +66,9 @@ pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
                     .collect::<Vec<_>>(),
                 other => panic!("finalize-preinit: expected a list, found {other:?}"),
             };
-            let result = Obj::str_list(&modules).and_then(|m| call_driver("preload", &[m]));
+            let result = crate::immortal::while_preparing(|| {
+                Obj::str_list(&modules).and_then(|m| call_driver("preload", &[m]))
+            });
             if result.is_ok() {
                 crate::wasi::reset_for_snapshot();
             }
@@ -86,6 +90,13 @@ pub fn call(name: &str, args: Vec<Val>) -> Option<Val> {
                 crate::wasi::reset_for_snapshot();
             }
             Some(result)
+        }
+        "prepare-snapshot" => {
+            let result = crate::immortal::while_preparing(|| call_driver("prepare_snapshot", &[]));
+            // Whatever the collection's finalizers did to WASI state is not
+            // frozen either.
+            crate::wasi::reset_for_snapshot();
+            Some(unit_result(result))
         }
         "call-handler" => {
             let event = string(args.next());

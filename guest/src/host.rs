@@ -4,6 +4,7 @@
 //! ([`crate::task`]).
 
 use crate::abi::{Val, call_import};
+use crate::immortal;
 use crate::py::{Obj, PyResult, add_module};
 use crate::task::{self, Finished};
 
@@ -281,9 +282,14 @@ fn pbkdf2_hmac(args: &[Obj]) -> PyResult<Obj> {
     Obj::bytes(&key)
 }
 
-/// `immortalize(objects)` → how many: makes every object of the list
-/// immortal (see [`Obj::immortalize_items`]), before a snapshot.
+/// `immortalize(roots)` → how many: makes the objects of the list `roots`
+/// and everything they reach immortal (see
+/// [`immortal::immortalize_reachable`]). Refused unless a snapshot is being
+/// prepared.
 fn immortalize(args: &[Obj]) -> PyResult<Obj> {
-    let count = arg(args, 0)?.immortalize_items()?;
+    if !immortal::preparing() {
+        return Err("immortalize is only for preparing a snapshot".to_owned());
+    }
+    let count = immortal::immortalize_reachable(arg(args, 0)?)?;
     Obj::int(count as u64)
 }

@@ -13,6 +13,7 @@
 pub mod abi;
 mod exports;
 mod host;
+mod immortal;
 mod py;
 mod task;
 mod wasi;

@@ -19,13 +19,6 @@ const NET_SOURCE: &str = include_str!("net.py");
 /// An owned (strong) reference to a Python object.
 pub struct Obj(NonNull<ffi::PyObject>);
 
-unsafe extern "C" {
-    /// CPython's `_Py_SetImmortal(PyObject *)` (`Objects/object.c`): not in
-    /// the limited or unstable API, but exported by the wheel's
-    /// `libpython3.14.so`; CPython uses it for interned strings.
-    fn _Py_SetImmortal(op: *mut ffi::PyObject);
-}
-
 impl Drop for Obj {
     fn drop(&mut self) {
         // SAFETY: we own one reference, and hold the GIL.
@@ -42,7 +35,7 @@ impl Obj {
         NonNull::new(ptr).map(Obj).ok_or_else(take_error)
     }
 
-    fn as_ptr(&self) -> *mut ffi::PyObject {
+    pub(crate) fn as_ptr(&self) -> *mut ffi::PyObject {
         self.0.as_ptr()
     }
 
@@ -165,23 +158,6 @@ impl Obj {
         // SAFETY: `PySequence_GetItem` checks the type and bounds and returns
         // a new reference or sets an error.
         Obj::new(unsafe { ffi::PySequence_GetItem(self.as_ptr(), i as ffi::Py_ssize_t) })
-    }
-
-    /// Makes every item of a list immortal (CPython's `_Py_SetImmortal`: the
-    /// reference count is pinned, so taking and dropping references no longer
-    /// writes to the object, and the collector stops tracking it); returns how
-    /// many items there were. An immortal object is never freed.
-    pub fn immortalize_items(&self) -> PyResult<usize> {
-        let n = self.len()?;
-        for i in 0..n {
-            let item = self.item(i)?;
-            // SAFETY: `item` is a live object (we hold a reference to it);
-            // `_Py_SetImmortal` only untracks it from the collector if it is
-            // tracked and overwrites its reference count. The `Py_DecRef` of
-            // `item`'s drop is then a no-op, as for any immortal object.
-            unsafe { _Py_SetImmortal(item.as_ptr()) };
-        }
-        Ok(n)
     }
 
     /// Length of a sequence.

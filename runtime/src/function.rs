@@ -199,6 +199,15 @@ impl FunctionBuilder {
             }
             Ok(Ok(())) => {}
         }
+        // Outside the import's limits, which were the module's: what the
+        // guest does here is ours (a walk over the objects the import made).
+        store.set_epoch_deadline(crate::engine::NO_DEADLINE);
+        store.data_mut().limiter.limit_bytes = None;
+        sandbox
+            .call_prepare_snapshot(&mut store)
+            .await
+            .map_err(Error::from_wasmtime)?
+            .map_err(|message| Error::Host(format!("preparing the snapshot: {message}")))?;
         let mut target = WasmtimeWizerComponent {
             store: &mut store,
             instance,

@@ -619,7 +619,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_the_engine_cannot_enforce_are_refused_at_build() {
+    fn limits_the_engine_cannot_enforce_are_refused_by_check_engine() {
+        // `SandboxBuilder::build` calls `check_engine` before anything loads.
         let settings = Sandbox::builder().settings;
         let default = crate::EngineOptions::default();
         let unchecked = crate::EngineOptions::default().with_epoch_interruption(false);

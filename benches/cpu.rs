@@ -3,15 +3,13 @@
 //! same pool size — the default (epoch checks at function entries and loop
 //! back-edges, which timeouts and yielding rely on), one without them (never
 //! for untrusted code: nothing can stop its calls), and one that also meters
-//! fuel (epoch checks plus fuel). Each sample is one fresh instance running
+//! fuel (epoch checks plus fuel). Each measure is one fresh instance running
 //! one program to completion. Bounds checks are not a
 //! variable here: every engine reserves 4 GiB per memory with a 32 MiB guard,
 //! so Cranelift elides them. `cargo bench -p eryx-benches --bench cpu`; the
 //! figures are in `benches/README.md`.
 
-use std::time::Duration;
-
-use criterion::{Criterion, criterion_group, criterion_main};
+use std::time::{Duration, Instant};
 
 #[path = "common.rs"]
 mod common;
@@ -52,7 +50,7 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn benches(c: &mut Criterion) {
+fn main() {
     let setup = common::setup();
     // One snapshot (tag "cpu"), compiled for each engine.
     let variant = |options: eryx::EngineOptions| {
@@ -76,29 +74,51 @@ fn benches(c: &mut Criterion) {
             variant(eryx::EngineOptions::default().with_fuel_metering(true)),
         ),
     ];
-    let mut group = c.benchmark_group("cpu");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(4));
-    for (program, code, expected) in PROGRAMS {
-        for (engine, runtime) in &engines {
+    let sandboxes: Vec<(&str, eryx::Sandbox)> = engines
+        .iter()
+        .map(|(name, runtime)| {
             let sandbox = eryx::Sandbox::builder()
                 .with_runtime(runtime)
                 .build()
                 .unwrap();
+            (*name, sandbox)
+        })
+        .collect();
+    let rounds: usize = std::env::var("ERYX_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    for (program, code, expected) in PROGRAMS {
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); sandboxes.len()];
+        for (engine, sandbox) in &sandboxes {
             let ran = setup.tokio.block_on(sandbox.execute(code)).unwrap();
             assert_eq!(
                 ran.result.as_deref(),
                 Some(*expected),
                 "{program} on {engine}"
             );
-            group.bench_function(format!("{program}/{engine}"), |b| {
-                b.iter(|| setup.tokio.block_on(sandbox.execute(code)).unwrap())
-            });
+        }
+        // Interleaved (one run of each engine per round), so a drift in the
+        // machine's speed shifts every engine alike.
+        for _ in 0..rounds {
+            for (i, (_, sandbox)) in sandboxes.iter().enumerate() {
+                let start = Instant::now();
+                setup.tokio.block_on(sandbox.execute(code)).unwrap();
+                times[i].push(start.elapsed());
+            }
+        }
+        let median = |t: &mut Vec<Duration>| {
+            t.sort();
+            t[t.len() / 2]
+        };
+        let base = median(&mut times[0]);
+        for (i, (engine, _)) in sandboxes.iter().enumerate() {
+            let m = median(&mut times[i]);
+            println!(
+                "cpu/{program}/{engine}: median {:.1} ms ({:.2}x the default engine), {rounds} rounds",
+                m.as_secs_f64() * 1e3,
+                m.as_secs_f64() / base.as_secs_f64()
+            );
         }
     }
-    group.finish();
 }
-
-criterion_group!(cpu, benches);
-criterion_main!(cpu);

@@ -56,6 +56,38 @@ async fn module_sleeping_forever_at_import_neither_hangs_its_deploy_nor_blocks_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizer_looping_forever_when_the_snapshot_collects_does_not_hang_its_deploy() {
+    // The import finishes; the garbage cycle it leaves is collected just
+    // before the function's snapshot, which runs its `__del__`: that step has
+    // the import's timeout too.
+    let mut limits = Limits::default();
+    limits.deploy_import_timeout = Duration::from_secs(2);
+    let gw = TestGateway::start(Config::new().with_limits(limits)).await;
+    let source = "class Loop:\n    def __del__(self):\n        while True:\n            pass\n\
+        cycle = Loop()\ncycle.me = cycle\ndel cycle\n\
+        def handler(e, c):\n    return 1\n";
+    let start = Instant::now();
+    let (status, body) = gw.deploy_with("finalizes", source, json!({})).await;
+    let elapsed = start.elapsed();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "deploy_failed", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("import timeout"),
+        "{body}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "the deploy took {elapsed:?}"
+    );
+    gw.deploy("quick", "def handler(e, c):\n    return 'quick'\n")
+        .await;
+    assert_eq!(gw.invoke("quick", json!(null)).await, (200, json!("quick")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_that_rebinds_json_dumps_gets_result_not_json_not_a_broken_body() {
     let gw = TestGateway::start(Config::new()).await;
     gw.deploy(

@@ -113,7 +113,9 @@ impl FunctionBuilder {
     /// module raises while imported or lacks the handler (type
     /// `eryx.HandlerNotFound`); [`Error::Exit`] when it calls `sys.exit`;
     /// [`Error::Timeout`] past `import_timeout` (also when the module is
-    /// blocked in the host, e.g. in `time.sleep`); [`Error::MemoryLimit`];
+    /// blocked in the host, e.g. in `time.sleep`), or when the collection
+    /// before the snapshot, which may run the module's finalizers, takes as
+    /// long; [`Error::MemoryLimit`];
     /// [`Error::Host`] when snapshotting fails.
     pub async fn snapshot(&self, function: &FunctionSource<'_>) -> Result<FunctionSnapshot> {
         self.snapshot_with_mounts(function, &[]).await
@@ -199,15 +201,33 @@ impl FunctionBuilder {
             }
             Ok(Ok(())) => {}
         }
-        // Outside the import's limits, which were the module's: what the
-        // guest does here is ours (a walk over the objects the import made).
-        store.set_epoch_deadline(crate::engine::NO_DEADLINE);
-        store.data_mut().limiter.limit_bytes = None;
-        sandbox
-            .call_prepare_snapshot(&mut store)
-            .await
-            .map_err(Error::from_wasmtime)?
-            .map_err(|message| Error::Host(format!("preparing the snapshot: {message}")))?;
+        // A budget of its own, as long as the import's: the collection it
+        // starts may run the module's finalizers (user code), so it keeps the
+        // module's timeout and memory limit; the walk after it is short.
+        store.set_epoch_deadline(Engine::deadline_ticks(Some(function.import_timeout)));
+        let prepared = within(
+            Some(function.import_timeout),
+            sandbox.call_prepare_snapshot(&mut store),
+        )
+        .await?;
+        match prepared {
+            Err(error) => {
+                let state = store.data();
+                let memory_hit = state.limiter.hit();
+                let (fd_out, fd_err) = (state.stdout.take(), state.stderr.take());
+                return Err(call_error(
+                    error,
+                    Some(function.import_timeout),
+                    memory_hit,
+                    fd_out,
+                    fd_err,
+                ));
+            }
+            Ok(Err(message)) => {
+                return Err(Error::Host(format!("preparing the snapshot: {message}")));
+            }
+            Ok(Ok(())) => {}
+        }
         let mut target = WasmtimeWizerComponent {
             store: &mut store,
             instance,

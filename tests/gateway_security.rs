@@ -9,6 +9,19 @@ use serde_json::json;
 
 const RAISES: &str = "import os\nSECRET = os.environ.get('SECRET')\n\ndef handler(event, context):\n    print('the secret is', SECRET)\n    raise ValueError('boom')\n";
 
+/// Asserts a deploy refused because its module's code outran the import timeout.
+fn assert_import_timed_out(status: u16, body: &serde_json::Value) {
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "deploy_failed", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("import timeout"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_sleeping_forever_at_import_neither_hangs_its_deploy_nor_blocks_others() {
     let mut limits = Limits::default();
@@ -34,15 +47,7 @@ async fn module_sleeping_forever_at_import_neither_hangs_its_deploy_nor_blocks_o
     };
     let ((status, body), (other_status, other_body, other_done)) = tokio::join!(sleepy, other);
     let elapsed = start.elapsed();
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "deploy_failed", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("import timeout"),
-        "{body}"
-    );
+    assert_import_timed_out(status, &body);
     assert!(
         elapsed < Duration::from_secs(6),
         "the deploy took {elapsed:?}"
@@ -69,15 +74,7 @@ async fn finalizer_looping_forever_when_the_snapshot_collects_does_not_hang_its_
     let start = Instant::now();
     let (status, body) = gw.deploy_with("finalizes", source, json!({})).await;
     let elapsed = start.elapsed();
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "deploy_failed", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("import timeout"),
-        "{body}"
-    );
+    assert_import_timed_out(status, &body);
     assert!(
         elapsed < Duration::from_secs(6),
         "the deploy took {elapsed:?}"

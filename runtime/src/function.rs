@@ -210,23 +210,18 @@ impl FunctionBuilder {
             sandbox.call_prepare_snapshot(&mut store),
         )
         .await?;
-        match prepared {
-            Err(error) => {
-                let state = store.data();
-                let memory_hit = state.limiter.hit();
-                let (fd_out, fd_err) = (state.stdout.take(), state.stderr.take());
-                return Err(call_error(
-                    error,
-                    Some(function.import_timeout),
-                    memory_hit,
-                    fd_out,
-                    fd_err,
-                ));
-            }
-            Ok(Err(message)) => {
-                return Err(Error::Host(format!("preparing the snapshot: {message}")));
-            }
-            Ok(Ok(())) => {}
+        if let Err(message) = prepared.map_err(|error| {
+            let state = store.data();
+            let (fd_out, fd_err) = (state.stdout.take(), state.stderr.take());
+            call_error(
+                error,
+                Some(function.import_timeout),
+                state.limiter.hit(),
+                fd_out,
+                fd_err,
+            )
+        })? {
+            return Err(Error::Host(format!("preparing the snapshot: {message}")));
         }
         let mut target = WasmtimeWizerComponent {
             store: &mut store,

@@ -29,8 +29,8 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     let plain_runtime = eryx::Runtime::builder()
         .with_engine(&setup.engine)
-        .with_component_file(&setup.component)
-        .with_stdlib_dir(&setup.stdlib_dir)
+        .with_component_file(&setup.artifacts.component)
+        .with_stdlib_dir(&setup.artifacts.stdlib_dir)
         .build()
         .unwrap();
     let plain = eryx::Sandbox::builder()
@@ -66,8 +66,8 @@ fn benches(c: &mut Criterion) {
         b.to_async(&setup.tokio).iter(|| async {
             let runtime = eryx::Runtime::builder()
                 .with_engine(&setup.engine)
-                .with_component_file(&setup.component)
-                .with_stdlib_dir(&setup.stdlib_dir)
+                .with_component_file(&setup.artifacts.component)
+                .with_stdlib_dir(&setup.artifacts.stdlib_dir)
                 .build()
                 .unwrap();
             let sandbox = eryx::Sandbox::builder()
@@ -117,7 +117,7 @@ fn benches(c: &mut Criterion) {
             eryx::Runtime::builder()
                 .with_engine(&setup.engine)
                 .with_precompiled_file(&setup.cwasm.0, &setup.cwasm.1)
-                .with_stdlib_dir(&setup.stdlib_dir)
+                .with_stdlib_dir(&setup.artifacts.stdlib_dir)
                 .build()
                 .unwrap()
         })

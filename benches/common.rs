@@ -15,15 +15,13 @@ pub struct Setup {
     pub runtime: eryx::Runtime,
     /// Path and content hash of the artifact's `.cwasm`.
     pub cwasm: (PathBuf, String),
-    /// The component that runs (flattened), before pre-initialization (`.wasm`).
-    pub component: PathBuf,
-    /// The link step's artifacts (both components, the standard library).
+    /// The link step's artifacts: the component that runs (flattened,
+    /// `component`), the linked one, the standard library (`stdlib_dir`).
     pub artifacts: eryx::base::Artifacts,
     /// The data directory the artifacts are cached in.
     pub data_dir: PathBuf,
     /// The base made the same way from the linked, unflattened component.
     pub linked: eryx::Runtime,
-    pub stdlib_dir: PathBuf,
     pub tokio: tokio::runtime::Runtime,
 }
 
@@ -58,8 +56,6 @@ pub fn setup() -> Setup {
         ),
         engine,
         runtime,
-        component: component.component.clone(),
-        stdlib_dir: component.stdlib_dir.clone(),
         artifacts: component,
         data_dir,
         tokio,

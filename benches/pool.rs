@@ -73,7 +73,7 @@ fn main() {
     let resident = eryx::Runtime::builder()
         .with_engine(&resident_engine)
         .with_precompiled_file(&setup.cwasm.0, &setup.cwasm.1)
-        .with_stdlib_dir(&setup.stdlib_dir)
+        .with_stdlib_dir(&setup.artifacts.stdlib_dir)
         .build()
         .unwrap();
     // `ERYX_BENCH_ONLY=<name>` runs one configuration (for profiling).

